@@ -1,0 +1,79 @@
+# Flywheel: `make demo` runs the main job on the embedded default; `make test` runs the tests.
+# Two environments, as on a cluster: the orchestrator (Airflow) and the steps (torch, MLflow,
+# Great Expectations, DVC, Optuna, kfp, kserve). Both install from locked requirements.
+
+PYTHON ?= python3
+VENVS := .venvs
+STEPS := $(VENVS)/steps
+ORCH := $(VENVS)/orchestrator
+STEPS_PY := $(CURDIR)/$(STEPS)/bin/python
+ORCH_PY := $(CURDIR)/$(ORCH)/bin/python
+PIP_FLAGS := -qq --disable-pip-version-check
+# pip 23 (Python 3.11's) backtracks for many minutes on these trees; 26.3 resolves in seconds.
+PIP_VERSION := pip==26.3
+
+export FLYWHEEL_STEPS_PYTHON ?= $(STEPS_PY)
+
+.PHONY: help envs steps-env orchestrator-env demo chain test lint test-steps test-orchestrator bench lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+# A venv is (re)built when its lock changes; the repository joins it through a .pth file, so
+# code edits need no reinstall.
+$(STEPS)/.installed: requirements/steps.lock
+	$(PYTHON) -m venv $(STEPS)
+	$(STEPS_PY) -m pip install $(PIP_FLAGS) $(PIP_VERSION)
+	$(STEPS_PY) -m pip install $(PIP_FLAGS) -r requirements/steps.lock
+	$(STEPS_PY) -m pip check
+	$(STEPS_PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'flywheel.pth').write_text('$(CURDIR)\n$(CURDIR)/plugins\n')"
+	touch $@
+
+$(ORCH)/.installed: requirements/orchestrator.lock
+	$(PYTHON) -m venv $(ORCH)
+	$(ORCH_PY) -m pip install $(PIP_FLAGS) $(PIP_VERSION)
+	$(ORCH_PY) -m pip install $(PIP_FLAGS) -r requirements/orchestrator.lock
+	$(ORCH_PY) -m pip check
+	$(ORCH_PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'flywheel.pth').write_text('$(CURDIR)\n$(CURDIR)/plugins\n')"
+	touch $@
+
+steps-env: $(STEPS)/.installed  ## create the steps environment (.venvs/steps)
+orchestrator-env: $(ORCH)/.installed  ## create the orchestrator environment (.venvs/orchestrator)
+envs: steps-env orchestrator-env  ## create both environments
+
+chain: steps-env  ## run the four steps back to back, without Airflow
+	$(STEPS_PY) -m ml_tasks.chain
+
+demo: envs  ## run the main job on the embedded default
+	$(STEPS_PY) -m ml_tasks.chain
+
+ORCH_TESTS = $(wildcard tests/dags tests/plugins tests/annotation)
+
+lint: envs  ## ruff and mypy (the steps code in its environment, the Airflow code in its own)
+	$(STEPS)/bin/ruff check .
+	$(STEPS)/bin/ruff format --check .
+	$(STEPS)/bin/mypy ml_tasks
+	$(ORCH)/bin/mypy plugins $(wildcard dags/*.py)
+
+test-steps: steps-env  ## the tests that run in the steps environment
+	$(STEPS_PY) -m pytest tests/unit tests/data tests/model tests/integration $(wildcard tests/serve)
+
+test-orchestrator: envs  ## the tests that run in the orchestrator (Airflow) environment
+	$(if $(ORCH_TESTS),$(ORCH_PY) -m pytest $(ORCH_TESTS),@echo "no orchestrator tests yet")
+
+test: lint test-steps test-orchestrator  ## lint and run every test
+
+bench: envs  ## run the benchmarks and print their table
+	$(STEPS_PY) -m bench
+
+lock:  ## re-resolve requirements/*.in into the lock files (needs the package index)
+	rm -rf /tmp/flywheel-lock && $(PYTHON) -m venv /tmp/flywheel-lock/steps && $(PYTHON) -m venv /tmp/flywheel-lock/orch
+	/tmp/flywheel-lock/steps/bin/pip install $(PIP_FLAGS) $(PIP_VERSION)
+	/tmp/flywheel-lock/orch/bin/pip install $(PIP_FLAGS) $(PIP_VERSION)
+	/tmp/flywheel-lock/steps/bin/pip install $(PIP_FLAGS) -r requirements/steps.in
+	/tmp/flywheel-lock/orch/bin/pip install $(PIP_FLAGS) -r requirements/orchestrator.in
+	(echo "# Locked from requirements/steps.in (Python 3.11). Regenerate: make lock"; /tmp/flywheel-lock/steps/bin/pip freeze) > requirements/steps.lock
+	(echo "# Locked from requirements/orchestrator.in (Python 3.11). Regenerate: make lock"; /tmp/flywheel-lock/orch/bin/pip freeze) > requirements/orchestrator.lock
+
+clean:  ## remove the embedded state (.flywheel); keeps the environments
+	rm -rf .flywheel

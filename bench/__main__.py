@@ -1,0 +1,62 @@
+"""Run every benchmark and print one table (``make bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.table import Row, render
+
+HERE = Path(__file__).resolve().parent
+
+
+def orchestrator_python() -> str:
+    return os.environ.get(
+        "FLYWHEEL_ORCHESTRATOR_PYTHON",
+        str(HERE.parent / ".venvs" / "orchestrator" / "bin" / "python"),
+    )
+
+
+def run_module(name: str) -> list[Row]:
+    module = importlib.import_module(f"bench.{name}")
+    if getattr(module, "ENVIRONMENT", "steps") == "orchestrator":
+        done = subprocess.run(
+            [orchestrator_python(), "-m", f"bench.{name}", "--json"],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+            cwd=HERE.parent,
+        )
+        rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])
+        return rows
+    result: list[Row] = module.run()
+    return result
+
+
+def main() -> int:
+    names = sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(HERE)])
+        if m.name not in {"table"} and not m.name.startswith("_")
+    )
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "names", nargs="*", choices=[[], *names], help="benchmarks to run (default: all)"
+    )
+    args = parser.parse_args()
+    rows: list[Row] = []
+    for name in args.names or names:
+        print(f"running bench.{name} ...", file=sys.stderr, flush=True)
+        rows.extend(run_module(name))
+    print(render(rows))
+    return 0 if all(r["ok"] is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

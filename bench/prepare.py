@@ -1,0 +1,101 @@
+"""Prepare throughput (issue 2): against raw decoding, and incremental against full.
+
+- throughput: images/s of a cold ``prepare`` over N synthetic PNGs divided by images/s of
+  only reading and decoding the same files with Pillow. Target >= 0.5.
+- incremental: time of ``prepare`` after adding 1% new images (warm cache) divided by the
+  time of the cold full prepare. Target <= 0.1.
+
+Both are ratios measured in one run on the same files, so machine noise mostly cancels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.table import Row, render, row
+
+ENVIRONMENT = "steps"
+
+
+def raw_decode(files: list[Path]) -> float:
+    from PIL import Image
+
+    start = time.perf_counter()
+    for path in files:
+        with Image.open(path) as image:
+            image.load()
+    return time.perf_counter() - start
+
+
+def run(count: int = 10_000) -> list[Row]:
+    from ml_tasks.config import load_settings
+    from ml_tasks.dataset import synthesize
+    from ml_tasks.prepare import prepare
+
+    with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
+        root = Path(tmp)
+        os.environ["FLYWHEEL_HOME"] = str(root / "home")
+        os.environ.pop("FLYWHEEL_LAKE_URI", None)
+        folder = root / "images"
+        synthesize(folder, count=count, size=8, seed=1)
+        files = sorted(folder.rglob("*.png"))
+        raw_decode(files[:200])  # warm imports and the page cache alike for both sides
+        raw = raw_decode(files)
+        start = time.perf_counter()
+        first = prepare(load_settings(), data_dir=folder, dataset_version="full")
+        full = time.perf_counter() - start
+        synthesize(root / "extra", count=count // 100, size=8, seed=2)
+        for path in (root / "extra").rglob("*.png"):
+            target = folder / path.parent.name / f"new-{path.name}"
+            target.write_bytes(path.read_bytes())
+        start = time.perf_counter()
+        second = prepare(load_settings(), data_dir=folder, dataset_version="plus1pct")
+        incremental = time.perf_counter() - start
+    assert first["prepared"] == count and second["decoded"] == count // 100
+    prepare_rate, raw_rate = count / full, count / raw
+    return [
+        row(
+            "prepare",
+            f"throughput, img/s ({count} images) vs raw decode",
+            prepare_rate,
+            raw_rate,
+            ">= 0.5",
+            prepare_rate / raw_rate >= 0.5,
+        ),
+        row(
+            "prepare",
+            f"incremental +1% ({count // 100} new), s vs full prepare",
+            incremental,
+            full,
+            "<= 0.1",
+            incremental / full <= 0.1,
+        ),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.prepare", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--count", type=int, default=10_000, help="synthetic images (default 10000)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    rows = run(args.count)
+    if args.json:
+        import json
+
+        print(json.dumps(rows))
+    else:
+        print(render(rows))
+    return 0 if all(r["ok"] is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Data checks: a Great Expectations suite over the prepared metadata of a dataset version.
+
+Runs after prepare and before training, so a model is never trained on data that breaks the
+contract: the known class set, the model's image shape, pixels in [0, 1], no content in two
+rows (so none across splits), every split present, class shares within bounds, enough rows.
+The full validation result goes to ``prepared/<version>/checks.json`` in the lake; on failure
+the step exits 1 with one line per failed expectation and its count of offending rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from typing import Any
+
+from ml_tasks import events
+from ml_tasks.config import Settings, load_params, load_settings
+from ml_tasks.lake import LakeError, open_lake
+from ml_tasks.step import StepError, add_result_option, resolve_dataset_version, run_step
+
+
+def build_suites(params: dict[str, Any], prepare_params: dict[str, Any]) -> dict[str, list[Any]]:
+    """The expectations, by the table they read: per-image rows, and per-class shares."""
+    import great_expectations as gx
+
+    ex = gx.expectations
+    size = int(prepare_params["image_size"])
+    classes = [str(c) for c in prepare_params["classes"]]
+    return {
+        "images": [
+            ex.ExpectTableRowCountToBeBetween(min_value=int(params["min_rows"])),
+            ex.ExpectColumnValuesToNotBeNull(column="label"),
+            ex.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
+            ex.ExpectColumnValuesToBeBetween(column="height", min_value=size, max_value=size),
+            ex.ExpectColumnValuesToBeBetween(column="width", min_value=size, max_value=size),
+            ex.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0.0, max_value=1.0),
+            ex.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0.0, max_value=1.0),
+            ex.ExpectColumnValuesToBeUnique(column="content_hash"),
+            ex.ExpectColumnDistinctValuesToEqualSet(
+                column="split", value_set=["train", "val", "test"]
+            ),
+        ],
+        "class_shares": [
+            ex.ExpectColumnValuesToBeBetween(
+                column="share",
+                min_value=float(params["min_class_share"]),
+                max_value=float(params["max_class_share"]),
+            ),
+            ex.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=classes),
+        ],
+    }
+
+
+def run_suites(
+    metadata: Any, params: dict[str, Any], prepare_params: dict[str, Any]
+) -> dict[str, Any]:
+    """Validate the metadata DataFrame; returns a JSON-able report with every result."""
+    import great_expectations as gx
+    import pandas as pd
+
+    shares = (
+        metadata["label"]
+        .astype(str)
+        .value_counts(normalize=True)
+        .rename_axis("label")
+        .reset_index(name="share")
+    )
+    tables = {"images": metadata, "class_shares": shares}
+    context = gx.get_context(mode="ephemeral")
+    source = context.data_sources.add_pandas("prepared")
+    report: dict[str, Any] = {"success": True, "failed": [], "results": []}
+    for table, expectations in build_suites(params, prepare_params).items():
+        batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"flywheel_{table}"))
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"check_{table}", data=batch, suite=suite)
+        )
+        frame = tables[table]
+        assert isinstance(frame, pd.DataFrame)
+        outcome = definition.run(batch_parameters={"dataframe": frame})
+        for res in outcome.results:
+            config = res.expectation_config
+            assert config is not None
+            detail = res.result or {}
+            entry = {
+                "table": table,
+                "expectation": config.type,
+                "column": config.kwargs.get("column"),
+                "success": bool(res.success),
+                "unexpected_count": detail.get("unexpected_count"),
+                "observed_value": detail.get("observed_value"),
+                "partial_unexpected_list": detail.get("partial_unexpected_list", [])[:10],
+            }
+            report["results"].append(entry)
+            if not res.success:
+                report["success"] = False
+                report["failed"].append(entry)
+    return json.loads(json.dumps(report, default=str))
+
+
+def describe_failure(entry: dict[str, Any]) -> str:
+    where = f"{entry['table']}.{entry['column']}" if entry["column"] else entry["table"]
+    if entry["unexpected_count"] is not None:
+        what = f"{entry['unexpected_count']} offending rows"
+        if entry["partial_unexpected_list"]:
+            what += f", e.g. {entry['partial_unexpected_list'][:3]}"
+    else:
+        what = f"observed {entry['observed_value']}"
+    return f"{entry['expectation']} on {where}: {what}"
+
+
+def check(settings: Settings, dataset_version: str) -> dict[str, Any]:
+    import pandas as pd
+
+    params = load_params(settings.params_path)
+    lake = open_lake(settings.lake_uri)
+    prefix = f"prepared/{dataset_version}"
+    try:
+        raw = lake.read_bytes(f"{prefix}/metadata.csv")
+    except LakeError as exc:
+        raise StepError(f"dataset version {dataset_version} is not prepared: {exc}") from exc
+    metadata = pd.read_csv(io.BytesIO(raw), dtype={"label": str, "content_hash": str})
+    report = run_suites(metadata, params["checks"], params["prepare"])
+    report["dataset_version"] = dataset_version
+    report_uri = lake.url(f"{prefix}/checks.json")
+    lake.write_bytes(f"{prefix}/checks.json", json.dumps(report, indent=2).encode())
+    failed = [describe_failure(e) for e in report["failed"]]
+    events.emit(
+        "data_checked",
+        dataset_version=dataset_version,
+        success=report["success"],
+        expectations=len(report["results"]),
+        failed=len(failed),
+        report_uri=report_uri,
+    )
+    if failed:
+        raise StepError(
+            f"data checks failed for dataset {dataset_version} ({len(failed)} of "
+            f"{len(report['results'])} expectations; full report: {report_uri}):\n  - "
+            + "\n  - ".join(failed)
+        )
+    return {
+        "dataset_version": dataset_version,
+        "checks": "passed",
+        "expectations": len(report["results"]),
+        "report_uri": report_uri,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_tasks.checks",
+        description="Run the Great Expectations data checks on a prepared dataset version.",
+    )
+    parser.add_argument(
+        "--dataset-version", help="the prepared version to check (default: the work tree's)"
+    )
+    add_result_option(parser)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    return run_step(
+        "checks",
+        lambda: check(settings, resolve_dataset_version(args.dataset_version)),
+        result_path=args.result_path,
+        context={"dataset_version": args.dataset_version},
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

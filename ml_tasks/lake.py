@@ -1,0 +1,181 @@
+"""The lake: one storage root addressed by keys, on local disk or S3 (MinIO).
+
+``open_lake("file:///abs/path")`` or ``open_lake("s3://bucket/prefix")``. Keys use ``/``.
+Writes are atomic (a local write goes to a temporary file that is renamed; an S3 PUT is
+atomic), so a retried step never reads half an object. The S3 endpoint comes from boto3's own
+settings (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...), which Airflow connections, pods'
+Secrets and the tests set alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+
+class LakeError(RuntimeError):
+    """The lake cannot be reached or holds something unexpected."""
+
+
+class Lake(Protocol):
+    uri: str
+
+    def url(self, key: str) -> str: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def copy(self, src: str, dst: str) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def size(self, key: str) -> int: ...
+
+
+class LocalLake:
+    """A folder on this machine (the embedded default)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise LakeError(f"key {key!r} escapes the lake root")
+        return path
+
+    def url(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise LakeError(f"no object {key!r} in {self.uri}") from exc
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self.root.resolve()
+        start = self._path(prefix) if prefix else base
+        folder = start if start.is_dir() else start.parent
+        if not folder.exists():
+            return
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    def copy(self, src: str, dst: str) -> None:
+        target = self._path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(self._path(src), tmp)
+        except FileNotFoundError as exc:
+            raise LakeError(f"no object {src!r} in {self.uri}") from exc
+        tmp.replace(target)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+
+class S3Lake:
+    """A bucket (and optional prefix) on S3 or MinIO."""
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except self.client.exceptions.NoSuchKey as exc:
+            raise LakeError(f"no object {key!r} in {self.uri}") from exc
+        data: bytes = body.read()
+        return data
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return head
+
+    def list(self, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:]
+
+    def copy(self, src: str, dst: str) -> None:
+        self.client.copy_object(
+            Bucket=self.bucket,
+            Key=self._key(dst),
+            CopySource={"Bucket": self.bucket, "Key": self._key(src)},
+        )
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def size(self, key: str) -> int:
+        head = self._head(key)
+        if head is None:
+            raise LakeError(f"no object {key!r} in {self.uri}")
+        return int(head["ContentLength"])
+
+
+def open_lake(uri: str) -> Lake:
+    """The lake at ``uri`` (``file://`` or ``s3://``)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return LocalLake(Path(parsed.path))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise LakeError(f"lake URI {uri!r} names no bucket")
+        return S3Lake(parsed.netloc, parsed.path)
+    if not parsed.scheme:
+        return LocalLake(Path(uri).resolve())
+    raise LakeError(f"lake URI {uri!r}: only file:// and s3:// are supported")

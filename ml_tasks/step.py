@@ -1,0 +1,92 @@
+"""The step contract: a typed function, a thin CLI, one JSON result.
+
+Every step (``python -m ml_tasks.<step>``) runs through :func:`run_step`, which configures the
+event log, records start and end, and writes the step's result as one small JSON document to
+``--result-path``. Inside a pod that path defaults to ``/airflow/xcom/return.json``, where
+KubernetesPodOperator's XCom sidecar reads it; elsewhere the result is also printed last on
+stdout. Expected failures (:class:`StepError`: bad data, a failed check) end the process with
+exit code 3 and a clear message on stderr, which tells the orchestrator not to retry; usage
+errors exit 2 (argparse); a crash exits 1 and may be retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ml_tasks import events
+
+POD_RESULT_PATH = Path("/airflow/xcom/return.json")
+EXIT_STEP_ERROR = 3
+
+
+class StepError(Exception):
+    """A failure the user can act on: bad data, a failed check, a missing model."""
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON to a temporary file beside ``path`` and move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def default_result_path() -> Path | None:
+    return POD_RESULT_PATH if POD_RESULT_PATH.parent.is_dir() else None
+
+
+def add_result_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--result-path",
+        type=Path,
+        default=default_result_path(),
+        help="where to write the step's JSON result (default: /airflow/xcom/return.json in a "
+        "pod, else none: the result is printed on stdout)",
+    )
+
+
+def run_step(
+    component: str,
+    body: Callable[[], Mapping[str, Any]],
+    *,
+    result_path: Path | None,
+    context: Mapping[str, Any] | None = None,
+) -> int:
+    """Run ``body`` as step ``component`` and hand back its result; returns the exit code."""
+    events.configure(component)
+    started = time.monotonic()
+    events.emit("started", **(context or {}))
+    try:
+        result = dict(body())
+    except StepError as exc:
+        events.emit("failed", level="error", error=str(exc), **(context or {}))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STEP_ERROR
+    result.setdefault("status", "ok")
+    seconds = round(time.monotonic() - started, 3)
+    result["seconds"] = seconds
+    events.emit("finished", outcome=result["status"], seconds=seconds, **(context or {}))
+    if result_path is not None:
+        write_json_atomic(result_path, result)
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def resolve_dataset_version(given: str | None) -> str:
+    """``given``, or the version ``data/images.dvc`` records in the work tree."""
+    if given:
+        return given
+    from ml_tasks.config import load_settings
+    from ml_tasks.dataset import tracked_version
+
+    version = tracked_version(load_settings())
+    if version is None:
+        raise StepError("no --dataset-version given and data/images.dvc records none")
+    return version

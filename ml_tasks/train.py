@@ -1,0 +1,240 @@
+"""Train: fit the CNN on a prepared dataset version and log everything to MLflow.
+
+Hyperparameters come from ``params.yaml`` (``train:``) and can be overridden on the command
+line. Training is seeded, so the same data and params give the same model. The MLflow run
+holds the params, per-epoch metrics, the data-check report and the model (with signature,
+input example, class names and image size), tagged with its lineage: dataset version, code
+revision and the calling orchestrator run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ml_tasks import events
+from ml_tasks.config import Settings, load_params, load_settings
+from ml_tasks.lake import LakeError, open_lake
+from ml_tasks.step import StepError, add_result_option, resolve_dataset_version, run_step
+
+HYPERPARAMS = {
+    "epochs": int,
+    "batch_size": int,
+    "learning_rate": float,
+    "weight_decay": float,
+    "channels": int,
+    "hidden": int,
+    "seed": int,
+}
+
+
+@dataclass
+class PreparedData:
+    x: np.ndarray
+    y: np.ndarray
+    split: np.ndarray
+    classes: list[str]
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.split == name
+        return self.x[mask], self.y[mask]
+
+
+def load_prepared(settings: Settings, dataset_version: str) -> PreparedData:
+    lake = open_lake(settings.lake_uri)
+    try:
+        raw = lake.read_bytes(f"prepared/{dataset_version}/data.npz")
+    except LakeError as exc:
+        raise StepError(f"dataset version {dataset_version} is not prepared: {exc}") from exc
+    with np.load(io.BytesIO(raw)) as data:
+        return PreparedData(data["x"], data["y"], data["split"], [str(c) for c in data["classes"]])
+
+
+def fit(
+    data: PreparedData,
+    hp: dict[str, Any],
+    *,
+    on_epoch: Any = None,
+    progress: bool = True,
+) -> tuple[Any, list[dict[str, float]]]:
+    """Train a fresh model; calls ``on_epoch(epoch, metrics)`` after each epoch."""
+    import torch
+    from torch import nn
+
+    from ml_tasks.model import DigitsCNN
+
+    torch.manual_seed(int(hp["seed"]))
+    x_train, y_train = data.part("train")
+    x_val, y_val = data.part("val")
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise StepError(f"need train and val images, got {len(x_train)} train / {len(x_val)} val")
+    model = DigitsCNN(len(data.classes), channels=int(hp["channels"]), hidden=int(hp["hidden"]))
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=float(hp["learning_rate"]), weight_decay=float(hp["weight_decay"])
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    xt = torch.from_numpy(x_train).unsqueeze(1)
+    yt = torch.from_numpy(y_train)
+    xv = torch.from_numpy(x_val).unsqueeze(1)
+    yv = torch.from_numpy(y_val)
+    generator = torch.Generator().manual_seed(int(hp["seed"]))
+    history: list[dict[str, float]] = []
+    epochs = range(int(hp["epochs"]))
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc="train", unit="epoch", disable=None)  # off when not a TTY
+    for epoch in epochs:
+        model.train()
+        order = torch.randperm(len(xt), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), int(hp["batch_size"])):
+            idx = order[start : start + int(hp["batch_size"])]
+            optimizer.zero_grad()
+            loss = loss_fn(model(xt[idx]), yt[idx])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        model.eval()
+        with torch.inference_mode():
+            logits = model(xv)
+            val_loss = float(loss_fn(logits, yv))
+            val_accuracy = float((logits.argmax(1) == yv).float().mean())
+        metrics = {
+            "train_loss": total / len(xt),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+        }
+        history.append(metrics)
+        if progress:
+            epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{val_accuracy:.3f}")  # type: ignore[attr-defined]
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return model, history
+
+
+def train(
+    settings: Settings,
+    dataset_version: str,
+    overrides: dict[str, Any],
+    *,
+    caller_run_id: str | None = None,
+    logical_date: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    from ml_tasks.tracking import lineage_tags, use_mlflow
+
+    hp = {
+        **load_params(settings.params_path)["train"],
+        **{k: v for k, v in overrides.items() if v is not None},
+    }
+    data = load_prepared(settings, dataset_version)
+    experiment_id = use_mlflow(settings)
+    tags = lineage_tags(settings, dataset_version, caller_run_id)
+    if logical_date:
+        tags["flywheel.logical_date"] = logical_date
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        mlflow.log_params(
+            {**hp, "dataset_version": dataset_version, "classes": ",".join(data.classes)}
+        )
+        mlflow.log_metrics(
+            {f"images_{s}": int((data.split == s).sum()) for s in ("train", "val", "test")}
+        )
+        lake = open_lake(settings.lake_uri)
+        if lake.exists(f"prepared/{dataset_version}/checks.json"):
+            report = json.loads(lake.read_bytes(f"prepared/{dataset_version}/checks.json"))
+            mlflow.log_dict(report, "data_checks.json")
+            mlflow.set_tag("flywheel.data_checks", "passed" if report.get("success") else "failed")
+        model, history = fit(
+            data,
+            hp,
+            progress=progress,
+            on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+        )
+        model.eval()
+        example = data.part("val")[0][:5][:, None, :, :].astype(np.float32)
+        import torch
+
+        with torch.inference_mode():
+            signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            serialization_format="pickle",
+            metadata={"classes": data.classes, "image_size": int(data.x.shape[1])},
+        )
+        mlflow.set_tag("flywheel.model_uri", info.model_uri)
+        final = history[-1]
+        events.emit(
+            "trained",
+            mlflow_run_id=run.info.run_id,
+            dataset_version=dataset_version,
+            epochs=len(history),
+            val_accuracy=round(final["val_accuracy"], 4),
+        )
+        return {
+            "mlflow_run_id": run.info.run_id,
+            "model_uri": f"runs:/{run.info.run_id}/model",
+            "logged_model_uri": info.model_uri,
+            "dataset_version": dataset_version,
+            "params": hp,
+            "val_accuracy": final["val_accuracy"],
+            "val_loss": final["val_loss"],
+        }
+
+
+def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("hyperparameters (default: params.yaml train:)")
+    for name, kind in HYPERPARAMS.items():
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_tasks.train",
+        description="Train the CNN on a prepared dataset version; log the run and model to MLflow.",
+    )
+    parser.add_argument(
+        "--dataset-version", help="the prepared version to train on (default: the work tree's)"
+    )
+    parser.add_argument("--caller-run-id", help="the orchestrator's run id, kept as a lineage tag")
+    parser.add_argument("--logical-date", help="the data interval this run stands for (backfills)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_hyperparameter_options(parser)
+    add_result_option(parser)
+    args = parser.parse_args(argv)
+    overrides = {name: getattr(args, name) for name in HYPERPARAMS}
+    for name in ("epochs", "batch_size", "channels", "hidden"):
+        if overrides[name] is not None and overrides[name] < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if overrides["learning_rate"] is not None and overrides["learning_rate"] <= 0:
+        parser.error("--learning-rate must be positive")
+    settings = load_settings()
+    return run_step(
+        "train",
+        lambda: train(
+            settings,
+            resolve_dataset_version(args.dataset_version),
+            overrides,
+            caller_run_id=args.caller_run_id,
+            logical_date=args.logical_date,
+            progress=not args.no_progress,
+        ),
+        result_path=args.result_path,
+        context={"dataset_version": args.dataset_version},
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

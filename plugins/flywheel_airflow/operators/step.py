@@ -1,0 +1,137 @@
+"""StepOperator: run one ML step (``python -m ml_tasks.<step> ...``) on the configured backend.
+
+The DAG names the step and its arguments; *where* it runs is decided when the task runs, from
+``FLYWHEEL_BACKEND`` (environment, or the Airflow Variable ``flywheel_backend``), so DAG files
+never change between a laptop and a cluster:
+
+- ``local``: a subprocess with the steps environment's interpreter (``FLYWHEEL_STEPS_PYTHON``),
+  exactly the command a pod runs; the step writes its JSON result to a temporary file.
+- ``kubernetes``: the same command in the steps image, through KubernetesPodOperator; the
+  result comes back through the XCom sidecar (``/airflow/xcom/return.json``)
+  (:mod:`flywheel_airflow.backends.kubernetes`). ``deploy promote`` applies the
+  InferenceService and defers until it is Ready before moving ``champion``.
+- ``kubeflow``: not wired for steps yet (the cluster-path issue adds it): a clear error.
+
+An argument that renders to an empty string is dropped, so a DAG can write an optional flag as
+one templated argument (``"{{ '--epochs=%d' % params.epochs if params.epochs else '' }}"``).
+
+The step's JSON result is the task's XCom. A step that exits 3 failed on its input (a data
+check, a missing dataset): the task fails without retrying, since a retry cannot fix data.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+EXIT_STEP_ERROR = 3  # ml_tasks.step.EXIT_STEP_ERROR; not imported, to keep DAG parsing light
+
+
+def steps_python() -> str:
+    """The interpreter of the steps environment (``make steps-env`` creates it)."""
+    if env := os.environ.get("FLYWHEEL_STEPS_PYTHON"):
+        return env
+    repo = Path(__file__).resolve().parents[3]
+    candidate = repo / ".venvs" / "steps" / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def step_command(step: str, arguments: Sequence[str]) -> list[str]:
+    """The command line of a step, the same on every backend (minus the interpreter path)."""
+    return ["-m", f"ml_tasks.{step}", *[str(a) for a in arguments]]
+
+
+def airflow_env(context: Any) -> dict[str, str]:
+    """The ids a step stamps on its events, as Airflow names them for subprocesses."""
+    ti = context["ti"]
+    return {
+        "AIRFLOW_CTX_DAG_ID": str(ti.dag_id),
+        "AIRFLOW_CTX_DAG_RUN_ID": str(context["run_id"]),
+        "AIRFLOW_CTX_TASK_ID": str(ti.task_id),
+        "AIRFLOW_CTX_TRY_NUMBER": str(getattr(ti, "try_number", "")),
+    }
+
+
+def selected_backend() -> str:
+    if env := os.environ.get("FLYWHEEL_BACKEND"):
+        return env
+    from airflow.sdk import Variable
+
+    return str(Variable.get("flywheel_backend", default="local"))
+
+
+class StepOperator(BaseOperator):
+    """Run ``ml_tasks.<step>`` with ``arguments`` (templated) and return its JSON result."""
+
+    template_fields: Sequence[str] = ("arguments",)
+    ui_color = "#e8f4ea"
+
+    def __init__(self, *, step: str, arguments: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.step = step
+        self.arguments = arguments
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        self.arguments = [str(a) for a in self.arguments if str(a) != ""]
+
+    def execute(self, context: Any) -> Any:
+        backend = selected_backend()
+        if backend == "local":
+            return self.run_local(context)
+        if backend == "kubernetes":
+            from flywheel_airflow.backends.kubernetes import run_in_pod
+
+            return run_in_pod(self, context)
+        if backend == "kubeflow":
+            from airflow.sdk.exceptions import AirflowFailException
+
+            # The seam for the cluster-path issue: submit the step as a compiled Kubeflow
+            # pipeline with the kfp client, then wait on it (a trigger polling KFP's REST API).
+            raise AirflowFailException(
+                "backend 'kubeflow' runs whole pipelines, not single steps, and is not wired "
+                "yet: set FLYWHEEL_BACKEND (or the Variable flywheel_backend) to local or "
+                "kubernetes"
+            )
+        raise ValueError(f"unknown backend {backend!r}: expected local, kubernetes or kubeflow")
+
+    def execute_deployed(self, context: Any, event: dict[str, Any], manifest: dict[str, Any],
+                         previous: dict[str, Any] | None = None) -> Any:
+        """Resume a ``deploy promote`` on kubernetes once the InferenceService trigger fired."""
+        from flywheel_airflow.backends.kubernetes import finish_cluster_deploy
+
+        return finish_cluster_deploy(self, context, event, manifest, previous)
+
+    def run_local(self, context: Any) -> Any:
+        import json
+
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        with tempfile.TemporaryDirectory(prefix=f"flywheel-{self.step}-") as tmp:
+            result_path = Path(tmp) / "result.json"
+            command = [steps_python(), *step_command(self.step, self.arguments),
+                       "--result-path", str(result_path)]
+            self.log.info("Running step: %s", " ".join(command))
+            env = {**os.environ, **airflow_env(context), "PYTHONUNBUFFERED": "1"}
+            with subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ) as proc:
+                assert proc.stdout is not None
+                tail: list[str] = []
+                for line in proc.stdout:
+                    line = line.rstrip("\n")
+                    self.log.info("%s", line)
+                    tail = [*tail[-19:], line]
+            if proc.returncode == EXIT_STEP_ERROR:
+                message = "\n".join(ln for ln in tail if not ln.startswith("{"))
+                raise AirflowFailException(f"step {self.step} refused its input:\n{message}")
+            if proc.returncode != 0:
+                raise AirflowException(f"step {self.step} exited with {proc.returncode}")
+            return json.loads(result_path.read_text())

@@ -1,0 +1,139 @@
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_tasks.config import load_settings
+from ml_tasks.dataset import synthesize
+from ml_tasks.lake import open_lake
+from ml_tasks.prepare import prepare
+from ml_tasks.step import StepError
+
+
+def prepare_dir(folder: Path) -> dict:
+    return prepare(load_settings(), data_dir=folder, dataset_version="test")
+
+
+def test_digits_prepare_with_every_image_accounted(flywheel_home: Path, digits_dir: Path) -> None:
+    result = prepare_dir(digits_dir)
+    assert result["images_in"] == 1797
+    assert result["prepared"] == 1797 and result["quarantined"] == 0
+    assert result["decoded"] == 1797 and result["from_cache"] == 0
+    assert sum(result["by_split"].values()) == 1797
+    assert 0.6 < result["by_split"]["train"] / 1797 < 0.8
+    lake = open_lake(load_settings().lake_uri)
+    with np.load(io.BytesIO(lake.read_bytes("prepared/test/data.npz"))) as data:
+        assert data["x"].shape == (1797, 8, 8) and data["x"].dtype == np.float32
+        assert data["x"].min() >= 0.0 and data["x"].max() <= 1.0
+        assert len(set(data["hash"].tolist())) == 1797
+    assert lake.exists("prepared/test/_SUCCESS")
+
+
+def test_adding_images_decodes_only_the_new_ones(
+    flywheel_home: Path, digits_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    shutil.copytree(digits_dir, folder)
+    first = prepare_dir(folder)
+    extra = tmp_path / "extra"
+    synthesize(extra, count=20, size=8)
+    for path in extra.rglob("*.png"):
+        target = folder / path.parent.name / path.name
+        shutil.copy(path, target)
+    second = prepare_dir(folder)
+    assert second["images_in"] == first["images_in"] + 20
+    assert second["decoded"] == 20
+    assert second["from_cache"] == first["prepared"]
+
+
+def test_an_image_keeps_its_split_when_the_dataset_grows(
+    flywheel_home: Path, digits_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    shutil.copytree(digits_dir, folder)
+    lake = open_lake(load_settings().lake_uri)
+
+    def splits(version: str) -> dict[str, str]:
+        with np.load(io.BytesIO(lake.read_bytes(f"prepared/{version}/data.npz"))) as data:
+            return dict(zip(data["hash"].tolist(), data["split"].tolist(), strict=True))
+
+    prepare(load_settings(), data_dir=folder, dataset_version="before")
+    synthesize(folder, count=100, size=8, seed=7)
+    prepare(load_settings(), data_dir=folder, dataset_version="after")
+    before, after = splits("before"), splits("after")
+    assert len(after) == len(before) + 100
+    assert all(after[h] == s for h, s in before.items())
+
+
+def bad_files(folder: Path) -> dict[str, str]:
+    """One file per kind of bad input, with the reason prepare must give."""
+
+    def save(rel: str, data: bytes) -> None:
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def encoded(mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:
+        buffer = io.BytesIO()
+        Image.new(mode, size).save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    good = encoded("L", (8, 8))
+    frames = [Image.new("L", (8, 8), c) for c in (0, 255)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    cases = {
+        "3/empty.png": (b"", "empty"),
+        "3/truncated.png": (encoded("L", (64, 64))[:60], "truncated"),
+        "3/notes.png": (b"hello, not an image", "not_an_image"),
+        "3/animated.gif": (gif.getvalue(), "animated"),
+        "3/deep.png": (encoded("I;16", (8, 8)), "unsupported_mode"),
+        "3/cmyk.jpg": (encoded("CMYK", (8, 8), "JPEG"), "unsupported_mode"),
+        "3/huge.png": (encoded("L", (5000, 4000)), "too_many_pixels"),
+        "cat/good.png": (good, "unknown_class"),
+        "loose.png": (encoded("L", (9, 9)), "no_class_folder"),
+    }
+    for rel, (data, _) in cases.items():
+        save(rel, data)
+    return {rel: reason for rel, (_, reason) in cases.items()}
+
+
+def test_bad_images_go_to_quarantine_with_their_reason(
+    flywheel_home: Path, digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "images"
+    shutil.copytree(digits_dir, folder)
+    expected = bad_files(folder)
+    # the same digit filed under two classes: the second copy is a conflicting label
+    some_digit = next((folder / "1").iterdir())
+    shutil.copy(some_digit, folder / "7" / "copy-of-a-one.png")
+    expected["7/copy-of-a-one.png"] = "conflicting_label"
+
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(
+        (Path(load_settings().params_path).read_text()).replace(
+            "max_pixels: 16777216", "max_pixels: 10000000"
+        )
+    )
+    monkeypatch.setenv("FLYWHEEL_PARAMS", str(params_path))
+    result = prepare_dir(folder)
+    got = {q["path"]: q["reason"] for q in result["quarantine"]}
+    assert got == expected
+    assert result["prepared"] + result["quarantined"] == result["images_in"] == 1797 + len(expected)
+    lake = open_lake(load_settings().lake_uri)
+    for item in result["quarantine"]:
+        base = f"quarantine/prepare/{item['content_hash'][:16]}"
+        assert json.loads(lake.read_bytes(f"{base}/reason.json"))["reason"] == item["reason"]
+        assert (
+            lake.read_bytes(f"{base}/{Path(item['path']).name}")
+            == (folder / item["path"]).read_bytes()
+        )
+
+
+def test_missing_folder_is_a_clear_error(flywheel_home: Path, tmp_path: Path) -> None:
+    with pytest.raises(StepError, match="is not a folder"):
+        prepare_dir(tmp_path / "nowhere")

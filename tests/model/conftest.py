@@ -1,0 +1,21 @@
+
+import pytest
+
+from ml_tasks.config import load_settings
+from ml_tasks.dataset import write_digits
+from ml_tasks.prepare import prepare
+from ml_tasks.train import PreparedData, load_prepared
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
+    """The digits, prepared as the pipeline prepares them."""
+    root = tmp_path_factory.mktemp("model")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FLYWHEEL_HOME", str(root / "home"))
+    try:
+        write_digits(root / "images")
+        prepare(load_settings(), data_dir=root / "images", dataset_version="digits")
+        yield load_prepared(load_settings(), "digits")
+    finally:
+        mp.undo()

@@ -1,0 +1,113 @@
+"""Real servers for the tests, started on 127.0.0.1 at free ports and stopped afterwards.
+
+Used from both environments: the MLflow server runs with the steps environment's
+interpreter (``FLYWHEEL_STEPS_PYTHON``), the S3 endpoint is moto's threaded server in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def steps_python() -> str:
+    env = os.environ.get("FLYWHEEL_STEPS_PYTHON")
+    if env:
+        return env
+    candidate = REPO / ".venvs" / "steps" / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def wait_for_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy after {timeout}s: {last}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server and everything it spawned (it runs in its own process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextmanager
+def mlflow_server(workdir: Path) -> Iterator[str]:
+    """An MLflow tracking server (SQLite backend, served artifacts); yields its URL."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = (workdir / "mlflow-server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            steps_python(),
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{workdir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(workdir / "artifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=workdir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", timeout=120, proc=proc)
+        yield url
+    finally:
+        stop(proc)
+        log.close()
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """A moto S3 endpoint in this process; yields its URL. Data lives in memory."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

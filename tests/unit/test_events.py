@@ -1,0 +1,47 @@
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from ml_tasks import events
+
+
+def test_event_lines_carry_time_component_action_and_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_ID", "training")
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__1")
+    stream = io.StringIO()
+    log = tmp_path / "events.jsonl"
+    events.configure("prepare", path=log, stream=stream)
+    events.emit("prepared", dataset_version="abc", images=3)
+    line = json.loads(log.read_text())
+    assert line["component"] == "prepare" and line["action"] == "prepared"
+    assert line["dag_id"] == "training" and line["run_id"] == "manual__1"
+    assert line["dataset_version"] == "abc" and line["images"] == 3
+    assert line["ts"].endswith("+00:00")
+    assert json.loads(stream.getvalue()) == line
+
+
+def test_secrets_never_reach_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    events.configure("test", path=log, stream=io.StringIO())
+    events.emit(
+        "connected",
+        api_token="s3cr3t-token",
+        uri="postgresql://flywheel:hunter2@db:5432/mlflow",
+        nested={"aws_secret_access_key": "AKIA-secret"},
+    )
+    text = log.read_text()
+    for secret in ("s3cr3t-token", "hunter2", "AKIA-secret"):
+        assert secret not in text
+    assert "postgresql://flywheel:***@db:5432/mlflow" in text
+
+
+def test_read_events_returns_what_was_written(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    events.configure("test", path=log, stream=io.StringIO())
+    for i in range(3):
+        events.emit("step", i=i)
+    assert [e["i"] for e in events.read_events(log)] == [0, 1, 2]
