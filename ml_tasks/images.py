@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 
 import numpy as np
 
@@ -68,25 +67,23 @@ def decode_image(
     if len(data) > max_bytes:
         raise BadImage("too_many_bytes", f"{len(data)} bytes is over the limit of {max_bytes}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise BadImage(
-                    "too_many_pixels",
-                    f"{width}x{height} pixels is over the limit of {max_pixels} pixels",
-                )
-            frames = int(getattr(image, "n_frames", 1))
-            if frames > 1:
-                raise BadImage("animated", f"animated image with {frames} frames")
-            if image.mode not in ACCEPTED_MODES:
-                raise BadImage(
-                    "unsupported_mode",
-                    f"pixel mode {image.mode} (e.g. 16-bit or CMYK) is not supported; "
-                    f"expected one of {', '.join(sorted(ACCEPTED_MODES))}",
-                )
-            image.load()
+        image: Image.Image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise BadImage(
+                "too_many_pixels",
+                f"{width}x{height} pixels is over the limit of {max_pixels} pixels",
+            )
+        frames = int(getattr(image, "n_frames", 1))
+        if frames > 1:
+            raise BadImage("animated", f"animated image with {frames} frames")
+        if image.mode not in ACCEPTED_MODES:
+            raise BadImage(
+                "unsupported_mode",
+                f"pixel mode {image.mode} (e.g. 16-bit or CMYK) is not supported; "
+                f"expected one of {', '.join(sorted(ACCEPTED_MODES))}",
+            )
+        image.load()
     except BadImage:
         raise
     except UnidentifiedImageError as exc:
@@ -94,7 +91,7 @@ def decode_image(
         if kind is not None:
             raise BadImage("truncated", f"starts like a {kind} but is broken or truncated") from exc
         raise BadImage("not_an_image", "not a readable image file") from exc
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
         raise BadImage("too_many_pixels", str(exc)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage("truncated", f"the image data is broken or truncated: {exc}") from exc
@@ -103,10 +100,12 @@ def decode_image(
         # Digits are light ink on a dark background: transparency becomes background.
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image)
-    gray = image.convert("L")
-    if gray.size != (size, size):
-        gray = gray.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(gray, dtype=np.uint8)
+    if image.mode != "L":
+        image = image.convert("L")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    # tobytes + frombuffer: several times cheaper than np.asarray(image) for small images.
+    return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(size, size)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
