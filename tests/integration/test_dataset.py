@@ -1,0 +1,99 @@
+"""The versioned dataset on a fresh clone: DVC to a local remote and to S3, and versions by date."""
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.repo_copy import make_repo_copy
+from tests.servers import s3_server
+
+pytestmark = pytest.mark.slow
+
+
+def materialize(env: dict[str, str]) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "ml_tasks.dataset", "materialize"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def base_env(root: Path) -> dict[str, str]:
+    return {
+        "FLYWHEEL_REPO": str(make_repo_copy(root / "repo")),
+        "FLYWHEEL_HOME": str(root / "home"),
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+        "HOME": str(root),
+    }
+
+
+def test_fresh_clone_writes_the_committed_version_then_pulls_it(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    committed = (Path(env["FLYWHEEL_REPO"]) / "data/images.dvc").read_text()
+    first = materialize(env)
+    assert first["source"] == "scikit-learn digits" and first["images"] == 1797
+    # deterministic: the digits hash to the version git already records
+    assert (Path(env["FLYWHEEL_REPO"]) / "data/images.dvc").read_text() == committed
+    shutil.rmtree(Path(env["FLYWHEEL_REPO"]) / "data" / "images")
+    shutil.rmtree(Path(env["FLYWHEEL_REPO"]) / ".dvc" / "cache")
+    second = materialize(env)
+    assert second == {**first, "source": "dvc pull"}
+    assert materialize(env)["source"] == "workspace"
+
+
+def test_the_dataset_travels_through_an_s3_remote(tmp_path: Path) -> None:
+    with s3_server() as endpoint:
+        creds = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        s3.create_bucket(Bucket="flywheel")
+        writer = {**base_env(tmp_path / "writer"), **creds, "FLYWHEEL_DVC_REMOTE": "minio"}
+        version = materialize(writer)["dataset_version"]
+        stored = s3.list_objects_v2(Bucket="flywheel", Prefix="dvc/")["KeyCount"]
+        assert stored >= 1000  # one object per image (listing pages at 1,000) plus the .dir
+
+        # another machine: same commit, its own empty workspace and local remote
+        reader = {**base_env(tmp_path / "reader"), **creds, "FLYWHEEL_DVC_REMOTE": "minio"}
+        pulled = materialize(reader)
+        assert pulled["source"] == "dvc pull" and pulled["dataset_version"] == version
+
+
+def test_version_as_of_a_date_follows_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_tasks.config import load_settings
+    from ml_tasks.dataset import version_as_of
+    from ml_tasks.step import StepError
+
+    repo = make_repo_copy(tmp_path / "repo")
+    monkeypatch.setenv("FLYWHEEL_REPO", str(repo))
+    rows = [
+        {"version": "aaa", "created_at": "2026-01-01T00:00:00+00:00", "images": 10, "note": ""},
+        {"version": "bbb", "created_at": "2026-02-01T00:00:00+00:00", "images": 20, "note": ""},
+    ]
+    (repo / "data/versions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = load_settings()
+    assert version_as_of(settings, datetime(2026, 1, 15, tzinfo=UTC)).version == "aaa"
+    assert version_as_of(settings, datetime(2026, 2, 1, tzinfo=UTC)).version == "bbb"
+    assert version_as_of(settings, datetime(2027, 1, 1)).version == "bbb"
+    with pytest.raises(StepError, match="no dataset version existed"):
+        version_as_of(settings, datetime(2025, 12, 31, tzinfo=UTC))
