@@ -1,4 +1,3 @@
-
 import pytest
 
 from ml_tasks.config import load_settings

@@ -102,8 +102,13 @@ class StepOperator(BaseOperator):
             )
         raise ValueError(f"unknown backend {backend!r}: expected local, kubernetes or kubeflow")
 
-    def execute_deployed(self, context: Any, event: dict[str, Any], manifest: dict[str, Any],
-                         previous: dict[str, Any] | None = None) -> Any:
+    def execute_deployed(
+        self,
+        context: Any,
+        event: dict[str, Any],
+        manifest: dict[str, Any],
+        previous: dict[str, Any] | None = None,
+    ) -> Any:
         """Resume a ``deploy promote`` on kubernetes once the InferenceService trigger fired."""
         from flywheel_airflow.backends.kubernetes import finish_cluster_deploy
 
@@ -116,8 +121,12 @@ class StepOperator(BaseOperator):
 
         with tempfile.TemporaryDirectory(prefix=f"flywheel-{self.step}-") as tmp:
             result_path = Path(tmp) / "result.json"
-            command = [steps_python(), *step_command(self.step, self.arguments),
-                       "--result-path", str(result_path)]
+            command = [
+                steps_python(),
+                *step_command(self.step, self.arguments),
+                "--result-path",
+                str(result_path),
+            ]
             self.log.info("Running step: %s", " ".join(command))
             env = {**os.environ, **airflow_env(context), "PYTHONUNBUFFERED": "1"}
             with subprocess.Popen(
