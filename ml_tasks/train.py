@@ -173,6 +173,9 @@ def train(
             input_example=example,
             serialization_format="pickle",
             metadata={"classes": data.classes, "image_size": int(data.x.shape[1])},
+            # Named, not inferred: inference runs the model in a subprocess to capture its
+            # imports, which costs seconds per run and guesses no better than this list.
+            pip_requirements=model_requirements(),
         )
         mlflow.set_tag("flywheel.model_uri", info.model_uri)
         final = history[-1]
@@ -192,6 +195,13 @@ def train(
             "val_accuracy": final["val_accuracy"],
             "val_loss": final["val_loss"],
         }
+
+
+def model_requirements() -> list[str]:
+    """What loading the model needs: the steps environment's versions of these packages."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "numpy", "mlflow")]
 
 
 def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
