@@ -14,7 +14,8 @@ PIP_VERSION := pip==26.3
 
 export FLYWHEEL_STEPS_PYTHON ?= $(STEPS_PY)
 
-.PHONY: help envs steps-env orchestrator-env demo chain test lint test-steps test-orchestrator bench lock clean
+.PHONY: help envs steps-env orchestrator-env label-studio-env demo chain test lint test-steps \
+	test-orchestrator stack-up stack-down bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,8 +38,16 @@ $(ORCH)/.installed: requirements/orchestrator.lock
 	$(ORCH_PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'flywheel.pth').write_text('$(CURDIR)\n$(CURDIR)/plugins\n')"
 	touch $@
 
+# Label Studio pins Django and friends: it gets a virtualenv of its own (tests, local stack).
+$(VENVS)/label-studio/.installed: requirements/label-studio.lock
+	$(PYTHON) -m venv $(VENVS)/label-studio
+	$(VENVS)/label-studio/bin/python -m pip install $(PIP_FLAGS) $(PIP_VERSION)
+	$(VENVS)/label-studio/bin/python -m pip install $(PIP_FLAGS) -r requirements/label-studio.lock
+	touch $@
+
 steps-env: $(STEPS)/.installed  ## create the steps environment (.venvs/steps)
 orchestrator-env: $(ORCH)/.installed  ## create the orchestrator environment (.venvs/orchestrator)
+label-studio-env: $(VENVS)/label-studio/.installed  ## create Label Studio's environment
 envs: steps-env orchestrator-env  ## create both environments
 
 chain: steps-env  ## run the four steps back to back, without Airflow
@@ -47,23 +56,30 @@ chain: steps-env  ## run the four steps back to back, without Airflow
 demo: envs  ## run the main job on the embedded default
 	$(STEPS_PY) -m ml_tasks.chain
 
-ORCH_TESTS = $(wildcard tests/dags tests/plugins tests/annotation)
-
 lint: envs  ## ruff and mypy (the steps code in its environment, the Airflow code in its own)
 	$(STEPS)/bin/ruff check .
 	$(STEPS)/bin/ruff format --check .
 	$(STEPS)/bin/mypy ml_tasks
+	$(STEPS)/bin/hadolint images/*/Dockerfile
 	$(ORCH)/bin/mypy plugins $(wildcard dags/*.py)
 
 test-steps: steps-env  ## the tests that run in the steps environment
 	$(STEPS_PY) -m pytest tests/unit tests/data tests/model tests/integration $(wildcard tests/serve)
 
-test-orchestrator: envs  ## the tests that run in the orchestrator (Airflow) environment
-	$(if $(ORCH_TESTS),$(ORCH_PY) -m pytest $(ORCH_TESTS),@echo "no orchestrator tests yet")
+# Each suite sets up its own Airflow home before importing Airflow: one pytest process each.
+test-orchestrator: envs label-studio-env  ## the tests that run in the orchestrator (Airflow) environment
+	$(ORCH_PY) -m pytest tests/dags tests/plugins
+	$(ORCH_PY) -m pytest tests/annotation
 
 test: lint test-steps test-orchestrator  ## lint and run every test
 
-bench: envs  ## run the benchmarks and print their table
+stack-up: envs label-studio-env  ## start the local stack (S3, MLflow, Label Studio, model service, Airflow)
+	$(STEPS_PY) -m ml_tasks.stack up
+
+stack-down:  ## stop everything stack-up started
+	$(STEPS_PY) -m ml_tasks.stack down
+
+bench: envs label-studio-env  ## run the benchmarks and print their table
 	$(STEPS_PY) -m bench
 
 lock:  ## re-resolve requirements/*.in into the lock files (needs the package index)

@@ -1,0 +1,287 @@
+"""Annotation intake throughput (issue 5): images/s from the sensor firing to tasks in Label Studio.
+
+A batch of 1,000 synthetic images (+ sidecars, as the model service stores them) waits in
+``incoming/`` on a local S3 endpoint (``moto_server``); a real Label Studio (its own
+virtualenv) and an embedded MLflow registry with a tiny ``champion`` serve the run. Measured:
+
+- ``steps``: claim -> pre-annotate -> create tasks, each as the command a DAG task runs
+  (``python -m ml_tasks.annotation.<step>``, fresh interpreter: imports and model loading
+  included), i.e. a DAG run minus Airflow's scheduling. Target >= 200 images/s.
+- ``warm``: the same three steps called in one warm process (imports paid once): what the
+  loop costs per image once the fixed start-up is amortised.
+
+Baseline, measured in the same run: creating the same kind of task the naive way, one API
+call per task plus one per prediction (what a first script usually does), on 100 images.
+The ratio is throughput over that baseline.
+
+``.venvs/steps/bin/python -m bench.annotation [--count 1000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.table import Row, render, row
+
+ENVIRONMENT = "steps"
+TARGET = 200.0
+SPLITS: dict[str, float] = {}  # seconds per step of the warm run, printed with the table
+BUCKET = "bench-lake"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def train_champion(model_name: str) -> str:
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from ml_tasks.train import PreparedData, fit
+
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 10
+    x = rng.random((400, 8, 8), dtype=np.float32) * 0.2
+    for i, label in enumerate(y):
+        x[i, (label * 8) // 10, :] = 0.9
+    split = np.where(np.arange(400) % 7 == 0, "val", "train")
+    data = PreparedData(x, y.astype(np.int64), split, [str(c) for c in range(10)])
+    hp = {
+        "epochs": 3,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+        "weight_decay": 0.0,
+        "channels": 4,
+        "hidden": 16,
+        "seed": 0,
+    }
+    model, _ = fit(data, hp, progress=False)
+    model.eval()
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pickle",
+            metadata={"classes": data.classes, "image_size": 8},
+            registered_model_name=model_name,
+        )
+    version = str(info.registered_model_version)
+    MlflowClient().set_registered_model_alias(model_name, "champion", version)
+    return version
+
+
+def put_incoming(s3: Any, count: int, seed: int) -> None:
+    import numpy as np
+
+    from ml_tasks.images import content_hash, encode_png
+
+    rng = np.random.default_rng(seed)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+
+    def put(i: int) -> None:
+        image = rng.integers(0, 255, size=(8, 8), dtype=np.uint8)
+        image[0, 0], image[0, 1], image[0, 2] = i % 251, (i // 251) % 251, seed % 251
+        data = encode_png(image)
+        digest = content_hash(data)
+        key = f"incoming/{day}/{digest[:16]}.png"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+        sidecar = {
+            "content_hash": digest,
+            "prediction": "0",
+            "score": 0.5,
+            "image_key": key,
+            "received_at": datetime.now(UTC).isoformat(),
+            "model_version": "1",
+        }
+        s3.put_object(Bucket=BUCKET, Key=key[:-4] + ".json", Body=json.dumps(sidecar).encode())
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(count)))
+
+
+def run_steps(batch: str, count: int) -> float:
+    """Seconds for claim -> preannotate -> tasks as separate step commands."""
+    start = time.perf_counter()
+    for step, extra in (
+        ("claim", ["--max-images", str(count)]),
+        ("preannotate", []),
+        ("tasks", []),
+    ):
+        subprocess.run(
+            [sys.executable, "-m", f"ml_tasks.annotation.{step}", "--batch", batch, *extra],
+            check=True,
+            capture_output=True,
+        )
+    return time.perf_counter() - start
+
+
+def run_warm(batch: str, count: int) -> float:
+    from ml_tasks import events
+    from ml_tasks.annotation.claim import claim_batch
+    from ml_tasks.annotation.preannotate import preannotate
+    from ml_tasks.annotation.tasks import create_tasks
+    from ml_tasks.config import load_settings
+    from ml_tasks.lake import open_lake
+
+    settings = load_settings()
+    events.configure("bench", stream=open(os.devnull, "w"))  # noqa: SIM115
+    start = time.perf_counter()
+    claim_batch(open_lake(settings.lake_uri), batch, count)
+    claimed = time.perf_counter()
+    preannotate(settings, batch, f"models:/{settings.model_name}@champion")
+    predicted = time.perf_counter()
+    create_tasks(settings, batch, "bench")
+    done = time.perf_counter()
+    SPLITS.update(claim=claimed - start, preannotate=predicted - claimed, tasks=done - predicted)
+    return done - start
+
+
+def naive_tasks(url: str, token: str, count: int) -> float:
+    """Seconds to create ``count`` tasks one call at a time, each with one prediction call."""
+    from label_studio_sdk import LabelStudio
+
+    from ml_tasks.annotation.tasks import LABEL, label_config
+
+    ls = LabelStudio(base_url=url, api_key=token)
+    project = ls.projects.create(
+        title="bench naive", label_config=label_config([str(c) for c in range(10)])
+    )
+    start = time.perf_counter()
+    for i in range(count):
+        task = ls.tasks.create(project=project.id, data={"image": f"s3://{BUCKET}/x/{i}.png"})
+        ls.predictions.create(
+            task=task.id,
+            model_version="naive",
+            score=0.5,
+            result=[
+                {
+                    "from_name": LABEL,
+                    "to_name": "image",
+                    "type": "choices",
+                    "value": {"choices": ["3"]},
+                }
+            ],
+        )
+    return time.perf_counter() - start
+
+
+def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
+    import boto3
+
+    from ml_tasks.annotation import label_studio_server as lss
+
+    with tempfile.TemporaryDirectory(prefix="bench-annotation-") as tmp:
+        root = Path(tmp)
+        port = free_port()
+        moto = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("moto_server")),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        server = lss.start(root / "label-studio", wait=False)
+        try:
+            endpoint = f"http://127.0.0.1:{port}"
+            os.environ.update(
+                {
+                    "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_ACCESS_KEY_ID": "bench",
+                    "AWS_SECRET_ACCESS_KEY": "bench",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "FLYWHEEL_HOME": str(root / "home"),
+                    "FLYWHEEL_LAKE_URI": f"s3://{BUCKET}",
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+                    "FLYWHEEL_MODEL_NAME": "bench-digits",
+                    "FLYWHEEL_DATASET": "bench",
+                    "LABEL_STUDIO_URL": server.url,
+                    "LABEL_STUDIO_API_KEY": server.token,
+                }
+            )
+            wait_http(endpoint, 30)
+            s3 = boto3.client("s3")
+            s3.create_bucket(Bucket=BUCKET)
+            import mlflow
+
+            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+            train_champion("bench-digits")
+            lss.wait_until_up(server.url, 300)
+            put_incoming(s3, count, seed=1)
+            steps_seconds = run_steps("bench-steps", count)
+            put_incoming(s3, count, seed=2)
+            warm_seconds = run_warm("bench-warm", count)
+            naive_seconds = naive_tasks(server.url, server.token, naive_count)
+        finally:
+            lss.stop_pid(server.pid)
+            moto.terminate()
+            moto.wait(timeout=10)
+    baseline = naive_count / naive_seconds
+    steps_rate, warm_rate = count / steps_seconds, count / warm_seconds
+    name = "annotation intake"
+    return [
+        row(
+            name,
+            f"images/s, sensor fired -> {count} tasks (step commands)",
+            steps_rate,
+            baseline,
+            f">= {TARGET:.0f} images/s",
+            steps_rate >= TARGET,
+        ),
+        row(
+            name,
+            f"images/s, sensor fired -> {count} tasks (warm process)",
+            warm_rate,
+            baseline,
+            f">= {TARGET:.0f} images/s",
+            warm_rate >= TARGET,
+        ),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.annotation", description=__doc__)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    rows = run(count=args.count)
+    print(json.dumps(rows) if args.json else render(rows))
+    if not args.json:
+        print("warm run, seconds per step:", {k: round(v, 2) for k, v in SPLITS.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

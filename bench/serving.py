@@ -1,0 +1,382 @@
+"""The model service against ``mlflow models serve``: throughput and latency, in one run.
+
+Trains a small digits CNN, registers it in a throw-away MLflow store, and serves the same
+``models:/bench-digits@champion`` three ways on free loopback ports: ``python -m
+ml_tasks.serve`` with storing off (``--sample-rate 0``), the same with every input stored
+(``--sample-rate 1``, a ``file://`` lake in a temporary folder), and ``mlflow models serve
+--env-manager local``. One client drives them all: a keep-alive HTTP/1.1 client on asyncio
+(one connection per concurrent caller, the request bytes prepared up front, so the client
+costs little of the two cores), a bounded number of requests per measurement.
+
+The same 64 test digits go to both servers as pixel arrays, each server in its own protocol
+(KServe v1 ``{"instances": [8x8]}``, MLflow ``{"inputs": (1, 1, 8, 8)}``), one image per
+request, at concurrency 1 and 16. The p99 target is measured on the realistic request, a
+base64 PNG; the cost of storing on PNG requests at concurrency 16, storing on against off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.table import Row, render, row
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "bench-digits"
+WARMUP = 200
+SEQUENTIAL = 1500
+CONCURRENT = 4000
+CONCURRENCY = 16
+
+
+def register_model(root: Path) -> tuple[str, np.ndarray]:
+    """Train and register the model; returns the tracking URI and uint8 test digits."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_digits
+
+    from ml_tasks.train import PreparedData, fit
+
+    digits = load_digits()
+    x = np.rint(digits.images / 16.0 * 255.0).astype(np.uint8)
+    split = np.random.default_rng(0).choice(
+        np.array(["train", "val", "test"]), size=len(x), p=[0.7, 0.15, 0.15]
+    )
+    classes = [str(c) for c in range(10)]
+    data = PreparedData(
+        (x / 255.0).astype(np.float32), digits.target.astype(np.int64), split, classes
+    )
+    hp = {
+        "epochs": 3,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+        "weight_decay": 0.0,
+        "channels": 16,
+        "hidden": 64,
+        "seed": 0,
+    }
+    model, _ = fit(data, hp, progress=False)
+    model.eval()
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment = mlflow.create_experiment("bench", artifact_location=(root / "art").as_uri())
+    example = data.part("val")[0][:3][:, None, :, :]
+    with torch.inference_mode():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            serialization_format="pickle",
+            registered_model_name=MODEL,
+            metadata={"classes": classes, "image_size": 8},
+        )
+    mlflow.MlflowClient().set_registered_model_alias(
+        MODEL, "champion", str(info.registered_model_version)
+    )
+    return tracking_uri, x[split == "test"][:64]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _server(command: list[str], env: dict[str, str], health: str, log: Path) -> Iterator[int]:
+    """A server subprocess on a free loopback port (``{port}`` in ``command``); yields the port."""
+    import signal
+
+    port = _free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [c.replace("{port}", str(port)) for c in command],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{command[:4]} exited: {log.read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=2):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{command[:4]} not healthy") from None
+                    time.sleep(0.3)
+            yield port
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _request(port: int, path: str, payload: Any) -> bytes:
+    body = json.dumps(payload).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _caller(
+    port: int, requests: list[bytes], count: int, start: int, latencies: list[float]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for i in range(count):
+            began = time.perf_counter()
+            writer.write(requests[(start + i) % len(requests)])
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            headers = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+            lowered = {k.strip().lower(): v.strip() for k, v in headers.items()}
+            if b"content-length" in lowered:
+                body = await reader.readexactly(int(lowered[b"content-length"]))
+            else:  # chunked
+                parts = []
+                while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                    parts.append(await reader.readexactly(size + 2))
+                await reader.readuntil(b"\r\n")
+                body = b"".join(parts)
+            latencies.append(time.perf_counter() - began)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {body[:300]!r}")
+    finally:
+        writer.close()
+
+
+def _drive(
+    port: int, requests: list[bytes], concurrency: int, count: int
+) -> tuple[float, list[float]]:
+    """Send ``count`` requests over ``concurrency`` connections; seconds and latencies."""
+
+    async def drive() -> tuple[float, list[float]]:
+        latencies: list[float] = []
+        share = count // concurrency
+        began = time.perf_counter()
+        await asyncio.gather(
+            *(_caller(port, requests, share, i * share, latencies) for i in range(concurrency))
+        )
+        return time.perf_counter() - began, latencies
+
+    return asyncio.run(drive())
+
+
+def compare(
+    targets: dict[str, tuple[int, list[bytes]]], concurrency: int, total: int, rounds: int = 4
+) -> dict[str, dict[str, float]]:
+    """Requests per second and p50/p99 latency (ms) of each target, ``total`` requests each.
+
+    The targets take turns in ``rounds`` short runs (after a warm-up each), so a change in the
+    machine's other load during the measurement falls on all of them alike.
+    """
+    for port, requests in targets.values():
+        _drive(port, requests, concurrency, WARMUP)
+    seconds = dict.fromkeys(targets, 0.0)
+    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (port, requests) in targets.items():
+            took, measured = _drive(port, requests, concurrency, total // rounds)
+            seconds[name] += took
+            latencies[name] += measured
+    result = {}
+    for name in targets:
+        ordered = sorted(latencies[name])
+        result[name] = {
+            "rps": len(ordered) / seconds[name],
+            "p50": 1000 * statistics.median(ordered),
+            "p99": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
+        }
+    return result
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def run() -> list[Row]:
+    from ml_tasks.images import encode_png
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        tracking_uri, digits = register_model(root)
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "FLYWHEEL_HOME": str(root),
+            "FLYWHEEL_MODEL_NAME": MODEL,
+            # mlflow models serve runs `uvicorn` from PATH: this interpreter's.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        python = sys.executable
+        uri = f"models:/{MODEL}@champion"
+        ours = [python, "-m", "ml_tasks.serve", "--model-uri", uri, "--http-port", "{port}"]
+        off = stack.enter_context(
+            _server([*ours, "--sample-rate", "0"], env, "/v2/health/ready", root / "off.log")
+        )
+        on = stack.enter_context(
+            _server(
+                [*ours, "--sample-rate", "1", "--lake-uri", (root / "lake").as_uri()],
+                env,
+                "/v2/health/ready",
+                root / "on.log",
+            )
+        )
+        baseline = stack.enter_context(
+            _server(
+                [
+                    python,
+                    "-m",
+                    "mlflow",
+                    "models",
+                    "serve",
+                    "-m",
+                    uri,
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    "{port}",
+                ],
+                env,
+                "/ping",
+                root / "mlflow.log",
+            )
+        )
+
+        pixels = digits / 255.0
+        v1_path = f"/v1/models/{MODEL}:predict"
+        ours_pixels = [_request(off, v1_path, {"instances": [p.tolist()]}) for p in pixels]
+        mlflow_pixels = [
+            _request(baseline, "/invocations", {"inputs": p[None, None].tolist()}) for p in pixels
+        ]
+        pngs = [{"instances": [{"b64": base64.b64encode(encode_png(d)).decode()}]} for d in digits]
+
+        for concurrency, total in ((1, SEQUENTIAL), (CONCURRENCY, CONCURRENT)):
+            result = compare(
+                {"ours": (off, ours_pixels), "mlflow": (baseline, mlflow_pixels)},
+                concurrency,
+                total,
+            )
+            mine, theirs = result["ours"], result["mlflow"]
+            name = f"serving c={concurrency}"
+            target = ">= 2x mlflow" if concurrency == CONCURRENCY else "-"
+            ok = mine["rps"] >= 2 * theirs["rps"] if concurrency == CONCURRENCY else None
+            rows.append(
+                row(name, "req/s vs mlflow serve (pixels)", mine["rps"], theirs["rps"], target, ok)
+            )
+            for q in ("p50", "p99"):
+                rows.append(
+                    row(name, f"{q} ms vs mlflow serve (pixels)", mine[q], theirs[q], "-", None)
+                )
+
+        png = compare({"ours": (off, [_request(off, v1_path, p) for p in pngs])}, 1, SEQUENTIAL)
+        png_sequential = png["ours"]
+        rows.append(
+            row(
+                "serving c=1",
+                "p99 ms, one base64 PNG",
+                png_sequential["p99"],
+                None,
+                "<= 10 ms",
+                png_sequential["p99"] <= 10.0,
+            )
+        )
+        rows.append(
+            row("serving c=1", "p50 ms, one base64 PNG", png_sequential["p50"], None, "-", None)
+        )
+
+        # Storing every input against storing none: the same server, the same PNG requests.
+        storing = compare(
+            {
+                "on": (on, [_request(on, v1_path, p) for p in pngs]),
+                "off": (off, [_request(off, v1_path, p) for p in pngs]),
+            },
+            CONCURRENCY,
+            CONCURRENT,
+        )
+        with_store, without = storing["on"]["rps"], storing["off"]["rps"]
+        rows.append(
+            row(
+                f"serving c={CONCURRENCY}",
+                "req/s storing every PNG vs not",
+                with_store,
+                without,
+                ">= 0.9x",
+                with_store >= 0.9 * without,
+            )
+        )
+        stored = _metric(on, "flywheel_incoming_stored_total")
+        dropped = _metric(on, "flywheel_incoming_dropped_total")
+        rows.append(
+            row(
+                f"serving c={CONCURRENCY}",
+                "images stored (dropped: baseline)",
+                stored,
+                dropped or None,
+                "-",
+                None,
+            )
+        )
+    # Other work on the machine shows in every figure above: say how busy it was.
+    rows.append(
+        row("serving", "load average during the run (2 cores)", os.getloadavg()[0], None, "-", None)
+    )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    rows = run()
+    print(json.dumps(rows) if args.json else render(rows))
+    return 0 if all(r["ok"] is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""
+### Ingest: validated annotations -> new DVC dataset version -> training
+
+Label Studio's export storage writes every saved annotation to the lake's `labeled/`.
+This DAG (hourly, or triggered by hand) adds the validated images to `data/images/<class>/`
+(a human correction wins over the model's guess; an image marked *unusable* goes to
+`quarantine/` with the reason; an annotation edited since the last ingest moves its image),
+then `dvc add` + `dvc push`, records the version in `data/versions.jsonl`, commits both (and
+pushes where the repository has a remote, credentials from `flywheel_git`), and publishes the
+**dataset Asset**, which schedules the training DAG. A run with nothing new publishes nothing.
+
+A rerun after a crash at any point (even between `dvc push` and the commit) finishes the
+version once. Connections: `flywheel_s3` (aws), optional `flywheel_git` (login + token).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, task
+from flywheel_airflow.assets import dataset_asset
+from flywheel_airflow.operators.connected_step import ConnectedStepOperator
+
+DATASET = dataset_asset()
+
+with DAG(
+    dag_id="flywheel_ingest",
+    doc_md=__doc__,
+    start_date=datetime(2025, 1, 1),
+    schedule="@hourly",
+    catchup=False,
+    max_active_runs=1,  # one writer of the dataset and the git history at a time
+    tags=["flywheel", "annotation", "dataset"],
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+) as dag:
+    ingest_annotations = ConnectedStepOperator(
+        task_id="ingest_annotations",
+        step="annotation.ingest",
+        connections={"s3": "flywheel_s3", "git": "flywheel_git"},
+        optional_connections=["git"],
+    )
+
+    @task(outlets=[DATASET])
+    def publish_dataset_version(result: Any, *, outlet_events: Any = None) -> str:
+        """Announce the new version to the training DAG; skip (no event) when nothing changed."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not result.get("new_version"):
+            raise AirflowSkipException("no new annotations: the dataset version is unchanged")
+        outlet_events[DATASET].extra = {
+            "dataset_version": result["dataset_version"],
+            "commit": result.get("commit"),
+            "labeled": result.get("labeled"),
+            "quarantined": result.get("quarantined"),
+        }
+        return str(result["dataset_version"])
+
+    publish_dataset_version(ingest_annotations.output)

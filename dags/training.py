@@ -1,0 +1,203 @@
+"""
+### Training: data → checks → model → gate → approval → champion
+
+Trains the digits classifier on a dataset version and, when it beats the champion and a person
+approves, deploys it:
+
+`resolve_dataset` → `prepare` → `checks` (Great Expectations; a failure stops the run) →
+`train` (MLflow) → `validate` (test split against the champion) → `register_if_better` →
+`await_approval` (human in the loop) → `deploy` or `record_rejection`.
+
+- **When**: nightly at 02:00 UTC, whenever a new dataset version is published (Asset
+  `flywheel://dataset/images`, emitted by the annotation loop), by hand (validated params), and
+  as backfills: `airflow backfill create --dag-id training --from-date … --to-date …`.
+- **Backfills** train on the dataset version that was current at their logical date and never
+  move `champion` (no approval is asked).
+- **Where steps run** is the `FLYWHEEL_BACKEND` setting (environment or Variable
+  `flywheel_backend`): `local` (subprocess) or `kubernetes` (pods); this file never changes.
+- **Approval**: only the users in `FLYWHEEL_APPROVERS` / Variable `flywheel_approvers` may
+  answer (UI: *Required Actions*); no answer within 24 h means **Reject**.
+- **Audit**: `python -m ml_tasks.audit --run-id <run id>` lists every decision of a run.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from flywheel_airflow.assets import dataset_asset
+from flywheel_airflow.gates import (
+    AWAIT_APPROVAL,
+    BACKFILL_KEEPS_CHAMPION,
+    REGISTRATION_SKIPPED,
+    is_backfill,
+)
+from flywheel_airflow.operators.approval import ApprovalGate
+from flywheel_airflow.operators.step import StepOperator
+
+DATASET = "{{ ti.xcom_pull(task_ids='resolve_dataset')['dataset_version'] }}"
+MODEL_VERSION = "{{ ti.xcom_pull(task_ids='validate')['model_version'] }}"
+RESPONDER = "{{ ti.xcom_pull(task_ids='await_approval', key='decision')['who'] }}"
+
+
+def optional(flag: str, param: str) -> str:
+    """One templated argument, ``--flag=value``, or nothing when the param is unset."""
+    return f"{{{{ '{flag}=' ~ params.{param} if params.{param} is not none else '' }}}}"
+
+
+@dag(
+    dag_id="training",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=dataset_asset()
+    ),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "flywheel", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    dagrun_timeout=timedelta(days=2),
+    tags=["flywheel", "training", "mlops"],
+    doc_md=__doc__,
+    user_defined_macros={"is_backfill": is_backfill},
+    params={
+        "epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=500,
+            description="training epochs (empty: params.yaml)",
+        ),
+        "learning_rate": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            maximum=1,
+            description="learning rate (empty: params.yaml)",
+        ),
+        "min_improvement": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            description="accuracy gain over the champion needed to register (empty: params.yaml)",
+        ),
+        "force_register": Param(
+            False, type="boolean", description="register when the floors pass, even if not better"
+        ),
+        "dataset_version": Param(
+            None,
+            type=["null", "string"],
+            pattern="^[0-9a-f]{6,64}$",
+            description="train on this dataset version (empty: current, or "
+            "the one current at the logical date for backfills)",
+        ),
+    },
+)
+def training() -> None:
+    resolve_dataset = StepOperator(
+        task_id="resolve_dataset",
+        step="resolve_dataset",
+        arguments=[
+            "{{ '--as-of=' ~ logical_date.isoformat() if is_backfill(dag_run) else '' }}",
+            optional("--dataset-version", "dataset_version"),
+        ],
+    )
+    prepare = StepOperator(
+        task_id="prepare", step="prepare", arguments=["--dataset-version", DATASET, "--no-progress"]
+    )
+    checks = StepOperator(task_id="checks", step="checks", arguments=["--dataset-version", DATASET])
+    train = StepOperator(
+        task_id="train",
+        step="train",
+        arguments=[
+            "--dataset-version",
+            DATASET,
+            "--caller-run-id",
+            "{{ run_id }}",
+            "--no-progress",
+            "{{ '--logical-date=' ~ logical_date.isoformat() if logical_date else '' }}",
+            optional("--epochs", "epochs"),
+            optional("--learning-rate", "learning_rate"),
+        ],
+        execution_timeout=timedelta(hours=6),
+    )
+    validate = StepOperator(
+        task_id="validate",
+        step="validate",
+        arguments=[
+            "--run-id",
+            "{{ ti.xcom_pull(task_ids='train')['mlflow_run_id'] }}",
+            "--dataset-version",
+            DATASET,
+            "--caller-run-id",
+            "{{ run_id }}",
+            "{{ '--force-register' if params.force_register else '' }}",
+            optional("--min-improvement", "min_improvement"),
+        ],
+    )
+
+    @task.branch
+    def register_if_better(decision: dict[str, Any], **context: Any) -> str:
+        """Continue to approval only with a newly registered challenger, outside backfills."""
+        from flywheel_airflow.gates import record_gate, route_after_validation
+
+        route, reason = route_after_validation(decision, backfill=is_backfill(context["dag_run"]))
+        record_gate(
+            context,
+            "register_if_better",
+            route,
+            reason,
+            model_version=decision.get("model_version"),
+            dataset_version=decision.get("dataset_version"),
+            mlflow_run_id=decision.get("mlflow_run_id"),
+        )
+        return route
+
+    await_approval = ApprovalGate(
+        task_id=AWAIT_APPROVAL,
+        decision_task_id="validate",
+        approve_task_id="deploy",
+        reject_task_id="record_rejection",
+        response_timeout=timedelta(hours=24),
+    )
+    deploy = StepOperator(
+        task_id="deploy",
+        step="deploy",
+        arguments=[
+            "promote",
+            "--model-version",
+            MODEL_VERSION,
+            "--approved-by",
+            RESPONDER,
+            "--caller-run-id",
+            "{{ run_id }}",
+        ],
+    )
+    record_rejection = StepOperator(
+        task_id="record_rejection",
+        step="deploy",
+        arguments=[
+            "reject",
+            "--model-version",
+            MODEL_VERSION,
+            "--rejected-by",
+            RESPONDER,
+            "--reason",
+            "{{ 'no answer before the approval timed out' if "
+            "ti.xcom_pull(task_ids='await_approval', key='decision')['timed_out'] "
+            "else 'rejected at the approval gate' }}",
+            "--caller-run-id",
+            "{{ run_id }}",
+        ],
+    )
+    skipped = EmptyOperator(task_id=REGISTRATION_SKIPPED)
+    backfill = EmptyOperator(task_id=BACKFILL_KEEPS_CHAMPION)
+
+    gate = register_if_better(validate.output)  # type: ignore[arg-type]
+    resolve_dataset >> prepare >> checks >> train >> validate
+    gate >> [await_approval, skipped, backfill]
+    await_approval >> [deploy, record_rejection]
+
+
+training()

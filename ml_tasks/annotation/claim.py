@@ -1,0 +1,291 @@
+"""Claim: move up to a batch of waiting images out of ``incoming/`` into ``annotation/<batch>/``.
+
+An image waits when its sidecar exists (the model service writes the sidecar after the image).
+Claiming must never lose an image, never claim one twice, and survive a crash at any point:
+
+1. **Markers.** For each candidate, create ``annotation/.claims/<incoming key>`` holding the
+   batch name, with a *conditional* create (S3 ``If-None-Match: *``; ``O_EXCL`` on a local
+   lake). Exactly one run wins each image, without a global lock that a crashed run would hold
+   forever; a marker that already names this batch is ours (a retry of the same run).
+2. **Manifest.** ``annotation/<batch>/manifest.json`` lists what the batch won, *before*
+   anything moves, so a retried run resumes the same images.
+3. **Copy, verify, delete.** Image and sidecar are copied, the copy verified (S3: the copy's
+   ETag, the MD5 of a single-part object, equals the listed source's; local: SHA-256 of both
+   files), and only then are the sources deleted (sidecars first, so a half-deleted pair is
+   never seen as waiting). The manifest is then marked ``claimed`` and the markers removed.
+
+On a retry, an image whose copy exists and whose source is gone was already moved; one whose
+source and copy are both gone was taken and finished by another run before we listed it
+(markers are removed when a claim finishes): it is dropped from this batch.
+
+``python -m ml_tasks.annotation.claim --batch B --max-images N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ml_tasks import events
+from ml_tasks.annotation.batches import (
+    CLAIMS,
+    IMAGE_SUFFIX,
+    INCOMING,
+    add_batch_options,
+    batch_from_args,
+    batch_key,
+    read_json_if_exists,
+    sidecar_of,
+    write_json,
+)
+from ml_tasks.config import load_settings
+from ml_tasks.lake import Lake, LakeError, LocalLake, S3Lake, open_lake
+from ml_tasks.step import StepError, add_result_option, run_step
+
+WORKERS = 10  # botocore's default connection pool size
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """Small object-store calls are latency-bound: run them concurrently, in order."""
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        return list(pool.map(fn, items))
+
+
+@dataclass(frozen=True)
+class Listed:
+    size: int
+    etag: str | None  # MD5 of a single-part S3 object; None on a local lake
+
+
+class ClaimStore:
+    """The few storage operations claiming needs beyond :class:`Lake`, per lake kind."""
+
+    def __init__(self, lake: Lake) -> None:
+        if not isinstance(lake, LocalLake | S3Lake):
+            raise StepError(f"cannot claim from a lake of type {type(lake).__name__}")
+        self.lake = lake
+
+    def _s3_key(self, key: str) -> str:
+        assert isinstance(self.lake, S3Lake)
+        return f"{self.lake.prefix}/{key}" if self.lake.prefix else key
+
+    def listing(self, prefix: str) -> dict[str, Listed]:
+        lake = self.lake
+        if isinstance(lake, LocalLake):
+            return {k: Listed(lake.size(k), None) for k in lake.list(prefix)}
+        strip = len(lake.prefix) + 1 if lake.prefix else 0
+        found: dict[str, Listed] = {}
+        paginator = lake.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=lake.bucket, Prefix=self._s3_key(prefix)):
+            for obj in page.get("Contents", []):
+                found[obj["Key"][strip:]] = Listed(int(obj["Size"]), str(obj["ETag"]).strip('"'))
+        return found
+
+    def create_marker(self, key: str, body: bytes) -> bool:
+        """Create ``key`` only if absent; True when this call created it."""
+        lake = self.lake
+        if isinstance(lake, LocalLake):
+            path = lake._path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(body)
+            return True
+        from botocore.exceptions import ClientError
+
+        try:
+            lake.client.put_object(
+                Bucket=lake.bucket, Key=self._s3_key(key), Body=body, IfNoneMatch="*"
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise
+        return True
+
+    def copy_verified(self, src: str, dst: str, source: Listed) -> None:
+        """Copy ``src`` to ``dst`` and prove the copy equals the source, or raise."""
+        lake = self.lake
+        if isinstance(lake, LocalLake):
+            lake.copy(src, dst)
+            if _sha256(lake._path(src)) != _sha256(lake._path(dst)):
+                raise LakeError(f"copy of {src} to {dst} differs from its source")
+            return
+        done = lake.client.copy_object(
+            Bucket=lake.bucket,
+            Key=self._s3_key(dst),
+            CopySource={"Bucket": lake.bucket, "Key": self._s3_key(src)},
+        )
+        # The copy's ETag is the MD5 of what was written (single-part objects, which the
+        # model service's small PUTs are): equal to the listed source's, the bytes are equal.
+        etag = str(done["CopyObjectResult"]["ETag"]).strip('"')
+        if etag != source.etag:
+            raise LakeError(f"copy of {src} to {dst} differs from its source (ETag)")
+
+    def delete_many(self, keys: list[str]) -> None:
+        lake = self.lake
+        if isinstance(lake, LocalLake):
+            for key in keys:
+                lake.delete(key)
+            return
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            done = lake.client.delete_objects(
+                Bucket=lake.bucket,
+                Delete={"Objects": [{"Key": self._s3_key(k)} for k in chunk], "Quiet": True},
+            )
+            if done.get("Errors"):
+                raise LakeError(
+                    f"could not delete {len(done['Errors'])} objects: {done['Errors'][:3]}"
+                )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def waiting_images(listing: dict[str, Listed]) -> list[str]:
+    """Images under ``incoming/`` whose sidecar exists, oldest date folder first."""
+    return sorted(
+        key
+        for key in listing
+        if key.startswith(INCOMING) and key.endswith(IMAGE_SUFFIX) and sidecar_of(key) in listing
+    )
+
+
+def claim_batch(lake: Lake, batch: str, max_images: int) -> dict[str, Any]:
+    """Claim up to ``max_images`` waiting images into ``annotation/<batch>/``; idempotent."""
+    if max_images < 1:
+        raise StepError("--max-images must be at least 1")
+    store = ClaimStore(lake)
+    manifest_key = batch_key(batch, "manifest.json")
+    manifest = read_json_if_exists(lake, manifest_key)
+    resumed = manifest is not None
+    listing = store.listing(INCOMING)
+    if manifest is None:
+        manifest = {
+            "batch": batch,
+            "state": "claiming",
+            "created_at": datetime.now(UTC).isoformat(),
+            "images": win_markers(store, batch, waiting_images(listing), max_images),
+        }
+        write_json(lake, manifest_key, manifest)
+    if manifest["state"] != "claimed":
+        manifest = move_images(store, batch, manifest, listing)
+        write_json(lake, manifest_key, manifest)
+    # Markers go last: while they exist no other run can take these images, even if we crash.
+    markers = [CLAIMS + item["source"] for item in manifest["images"]]
+    markers += [CLAIMS + key for key in manifest.get("dropped", [])]
+    store.delete_many(markers)
+    images = manifest["images"]
+    events.emit(
+        "images_claimed",
+        batch=batch,
+        images=len(images),
+        resumed=resumed,
+        dropped=len(manifest.get("dropped", [])),
+    )
+    return {
+        "batch": batch,
+        "images": len(images),
+        "dropped": len(manifest.get("dropped", [])),
+        "resumed": resumed,
+        "manifest": lake.url(manifest_key),
+    }
+
+
+def win_markers(store: ClaimStore, batch: str, candidates: list[str], limit: int) -> list[str]:
+    """Create claim markers until ``limit`` images are ours; skips images others hold."""
+    won: list[str] = []
+    body = batch.encode()
+
+    def take(key: str) -> bool:
+        marker = CLAIMS + key
+        if store.create_marker(marker, body):
+            return True
+        try:  # someone holds it: us, on a retry of the same run, or another run
+            return store.lake.read_bytes(marker) == body
+        except LakeError:
+            return False  # released just now by a finished claim: its image is gone too
+
+    position = 0
+    while len(won) < limit and position < len(candidates):
+        chunk = candidates[position : position + (limit - len(won))]
+        position += len(chunk)
+        won += [key for key, ours in zip(chunk, parallel(take, chunk), strict=True) if ours]
+    return won
+
+
+def move_images(
+    store: ClaimStore, batch: str, manifest: dict[str, Any], listing: dict[str, Listed]
+) -> dict[str, Any]:
+    """Copy, verify, then delete each claimed image and sidecar; returns the final manifest."""
+    sources: list[str] = [
+        item if isinstance(item, str) else item["source"] for item in manifest["images"]
+    ]
+    already = store.listing(batch_key(batch))
+
+    def move(source: str) -> dict[str, Any] | None:
+        name = source.rsplit("/", 1)[-1]
+        pairs = [
+            (source, batch_key(batch, name)),
+            (sidecar_of(source), batch_key(batch, sidecar_of(name))),
+        ]
+        for src, dst in pairs:
+            if src in listing:
+                store.copy_verified(src, dst, listing[src])
+            elif dst not in already:
+                return None  # taken and finished by another run before our marker
+        return {"source": source, "image": pairs[0][1], "sidecar": pairs[1][1], "name": name}
+
+    moved = parallel(move, sources)
+    kept = [m for m in moved if m is not None]
+    dropped = [s for s, m in zip(sources, moved, strict=True) if m is None]
+    # Sidecars first: an image without its sidecar is not "waiting", so never re-claimed.
+    store.delete_many([sidecar_of(m["source"]) for m in kept if sidecar_of(m["source"]) in listing])
+    store.delete_many([m["source"] for m in kept if m["source"] in listing])
+    return {
+        **manifest,
+        "state": "claimed",
+        "images": kept,
+        "dropped": dropped,
+        "claimed_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_tasks.annotation.claim",
+        description="Claim up to a batch of waiting images from incoming/ (copy, verify, delete).",
+    )
+    add_batch_options(parser)
+    parser.add_argument("--max-images", type=int, required=True, help="claim at most this many")
+    add_result_option(parser)
+    args = parser.parse_args(argv)
+    if args.max_images < 1:
+        parser.error("--max-images must be at least 1")
+    batch = batch_from_args(args)
+    settings = load_settings()
+    return run_step(
+        "claim",
+        lambda: claim_batch(open_lake(settings.lake_uri), batch, args.max_images),
+        result_path=args.result_path,
+        context={"batch": batch},
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""Tasks: put a pre-annotated batch in front of people, in Label Studio.
+
+- **Project**: one per dataset, titled ``Flywheel: <dataset>``, found again by title; its
+  labelling config is generated from the class list. Controls: ``label`` (the class, one
+  choice; predictions use the same ``from_name``/``to_name``, or Label Studio silently hides
+  them), ``quality`` (tick ``unusable`` to keep an image out of the dataset) and ``reason``.
+- **Storages**: an S3 import storage over ``annotation/`` with presigning off, so Label Studio
+  fetches and serves the images itself (the annotator's browser need not reach MinIO), and an
+  S3 export storage that writes every saved annotation to ``labeled/<annotation id>``.
+- **Tasks**: one per image, ``s3://`` URI plus the image's lake key, batch and content hash,
+  with the champion's prediction (model version, score), created most uncertain first.
+
+Creating is idempotent: the SDK's automatic retries are off for creates (it retries
+non-idempotent calls), and every attempt first lists the batch's existing tasks by lake key and
+creates only the missing ones. Image keys are checked before creating (a missing S3 key would
+only fail later, in the annotator's browser).
+
+Connection: ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (from an Airflow Connection);
+the storages get the S3 endpoint and keys from ``LABEL_STUDIO_S3_ENDPOINT`` (default
+``AWS_ENDPOINT_URL``: the endpoint as Label Studio sees it), ``AWS_ACCESS_KEY_ID`` and
+``AWS_SECRET_ACCESS_KEY``.
+
+``python -m ml_tasks.annotation.tasks --batch B [--dataset NAME]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from ml_tasks import events
+from ml_tasks.annotation.batches import (
+    ANNOTATION,
+    LABELED,
+    add_batch_options,
+    batch_from_args,
+    batch_key,
+    read_json,
+    write_json,
+)
+from ml_tasks.config import Settings, load_params, load_settings
+from ml_tasks.lake import Lake, S3Lake, open_lake
+from ml_tasks.step import StepError, add_result_option, run_step
+
+LABEL, IMAGE, QUALITY, REASON = "label", "image", "quality", "reason"
+UNUSABLE = "unusable"
+IMPORT_TITLE, EXPORT_TITLE = "flywheel-annotation", "flywheel-labeled"
+NO_RETRY: dict[str, Any] = {"max_retries": 0}
+CHUNK = 500
+ATTEMPTS = 3
+
+
+def project_title(dataset: str) -> str:
+    return f"Flywheel: {dataset}"
+
+
+def label_config(classes: list[str]) -> str:
+    """The labelling config for ``classes``; names match :func:`prediction` exactly."""
+    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
+    return f"""<View>
+  <Image name="{IMAGE}" value="$image" zoom="true" zoomControl="true"/>
+  <Header value="Class"/>
+  <Choices name="{LABEL}" toName="{IMAGE}" choice="single" showInline="true">
+{choices}
+  </Choices>
+  <Header value="Keep this image out of the dataset?"/>
+  <Choices name="{QUALITY}" toName="{IMAGE}" choice="single" showInline="true">
+    <Choice value="{UNUSABLE}"/>
+  </Choices>
+  <TextArea name="{REASON}" toName="{IMAGE}" placeholder="why (optional)" maxSubmissions="1"/>
+</View>"""
+
+
+def prediction(label: str, score: float, model_version: str) -> dict[str, Any]:
+    return {
+        "model_version": model_version,
+        "score": score,
+        "result": [
+            {"from_name": LABEL, "to_name": IMAGE, "type": "choices", "value": {"choices": [label]}}
+        ],
+    }
+
+
+def connect() -> Any:
+    from label_studio_sdk import LabelStudio
+
+    url, key = os.environ.get("LABEL_STUDIO_URL"), os.environ.get("LABEL_STUDIO_API_KEY")
+    if not url or not key:
+        raise StepError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (the Airflow Connection)")
+    return LabelStudio(base_url=url.rstrip("/"), api_key=key, timeout=120)
+
+
+def s3_settings(lake: S3Lake) -> dict[str, Any]:
+    """What a Label Studio S3 storage needs to reach the lake's bucket."""
+    endpoint = os.environ.get("LABEL_STUDIO_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    out: dict[str, Any] = {
+        "bucket": lake.bucket,
+        "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "region_name": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
+    if endpoint:
+        out["s3endpoint"] = endpoint
+    return {k: v for k, v in out.items() if v}
+
+
+def lake_prefix(lake: S3Lake, prefix: str) -> str:
+    """A lake prefix as a bucket prefix, without a trailing slash (Label Studio adds one)."""
+    return f"{lake.prefix}/{prefix}".strip("/") if lake.prefix else prefix.strip("/")
+
+
+def ensure_project(ls: Any, lake: S3Lake, dataset: str, classes: list[str]) -> int:
+    """Find the dataset's project by title, or create it with its storages; returns its id."""
+    title = project_title(dataset)
+    config = label_config(classes)
+    found = [p for p in ls.projects.list(title=title) if p.title == title]
+    if found:
+        project = min(found, key=lambda p: p.id)
+        if project.label_config != config:
+            ls.projects.update(id=project.id, label_config=config)
+    else:
+        project = ls.projects.create(
+            title=title,
+            label_config=config,
+            description="Images the model service saw, "
+            "pre-annotated by the champion, most uncertain first.",
+            request_options=NO_RETRY,
+        )
+    s3 = s3_settings(lake)
+    if not any(s.title == IMPORT_TITLE for s in ls.import_storage.s3.list(project=project.id)):
+        ls.import_storage.s3.create(
+            project=project.id,
+            title=IMPORT_TITLE,
+            prefix=lake_prefix(lake, ANNOTATION),
+            presign=False,
+            use_blob_urls=False,
+            request_options=NO_RETRY,
+            **s3,
+        )
+    if not any(s.title == EXPORT_TITLE for s in ls.export_storage.s3.list(project=project.id)):
+        ls.export_storage.s3.create(
+            project=project.id,
+            title=EXPORT_TITLE,
+            prefix=lake_prefix(lake, LABELED),
+            can_delete_objects=True,
+            request_options=NO_RETRY,
+            **s3,
+        )
+    return int(project.id)
+
+
+def existing_tasks(ls: Any, project: int, batch: str) -> dict[str, int]:
+    """Lake key -> task id of the tasks this batch already has in Label Studio."""
+    query = json.dumps(
+        {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {
+                        "filter": "filter:tasks:data.batch",
+                        "operator": "equal",
+                        "type": "String",
+                        "value": batch,
+                    }
+                ],
+            }
+        }
+    )
+    found: dict[str, int] = {}
+    for task in ls.tasks.list(project=project, query=query, fields="task_only", page_size=1000):
+        key = (task.data or {}).get("key")
+        if key:
+            found.setdefault(key, int(task.id))
+    return found
+
+
+def create_tasks(settings: Settings, batch: str, dataset: str) -> dict[str, Any]:
+    lake = open_lake(settings.lake_uri)
+    if not isinstance(lake, S3Lake):
+        raise StepError("Label Studio reads images from S3: set FLYWHEEL_LAKE_URI=s3://bucket")
+    predictions = read_json(lake, batch_key(batch, "predictions.json"))
+    items: list[dict[str, Any]] = predictions["items"]
+    classes = [str(c) for c in load_params(settings.params_path)["prepare"]["classes"]]
+    stored = set(lake.list(batch_key(batch)))
+    missing = [it["key"] for it in items if it["key"] not in stored]
+    if missing:
+        raise StepError(f"{len(missing)} claimed images are missing from the lake: {missing[:3]}")
+    ls = connect()
+    project = ensure_project(ls, lake, dataset, classes)
+    have = existing_tasks(ls, project, batch)
+    reused = len(have)
+    for attempt in range(1, ATTEMPTS + 1):
+        todo = [it for it in items if it["key"] not in have]
+        if not todo:
+            break
+        try:
+            for start in range(0, len(todo), CHUNK):
+                ls.projects.import_tasks(
+                    id=project,
+                    request=[
+                        task_payload(it, lake, batch, predictions)
+                        for it in todo[start : start + CHUNK]
+                    ],
+                    return_task_ids=True,
+                    request_options=NO_RETRY,
+                )
+        except Exception as exc:  # an import may have saved before failing: look, then retry
+            if attempt == ATTEMPTS:
+                raise
+            events.emit(
+                "tasks_retry", level="warning", batch=batch, attempt=attempt, error=str(exc)[:300]
+            )
+            time.sleep(2 * attempt)
+        have = existing_tasks(ls, project, batch)
+    if set(have) != {it["key"] for it in items}:
+        raise StepError(f"Label Studio has {len(have)} tasks for {len(items)} images of {batch}")
+    write_json(lake, batch_key(batch, "tasks.json"), {"project": project, "tasks": have})
+    created = len(have) - reused
+    events.emit(
+        "tasks_created",
+        batch=batch,
+        project=project,
+        tasks=len(have),
+        created=created,
+        reused=reused,
+        model_version=predictions["model_version"],
+    )
+    return {
+        "batch": batch,
+        "project": project,
+        "tasks": len(have),
+        "created": created,
+        "reused": reused,
+    }
+
+
+def task_payload(item: dict[str, Any], lake: Lake, batch: str, predictions: dict[str, Any]) -> Any:
+    return {
+        "data": {
+            IMAGE: lake.url(item["key"]),
+            "key": item["key"],
+            "batch": batch,
+            "content_hash": item["content_hash"],
+            "model_label": item["label"],
+            "model_score": item["score"],
+            "sidecar": item.get("sidecar"),
+        },
+        "predictions": [prediction(item["label"], item["score"], predictions["model_version"])],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_tasks.annotation.tasks",
+        description="Create Label Studio tasks with predictions for a pre-annotated batch.",
+    )
+    add_batch_options(parser)
+    parser.add_argument(
+        "--dataset",
+        help="dataset (project) name; default FLYWHEEL_DATASET, else FLYWHEEL_MODEL_NAME",
+    )
+    add_result_option(parser)
+    args = parser.parse_args(argv)
+    batch = batch_from_args(args)
+    settings = load_settings()
+    dataset = args.dataset or os.environ.get("FLYWHEEL_DATASET") or settings.model_name
+    return run_step(
+        "tasks",
+        lambda: create_tasks(settings, batch, dataset),
+        result_path=args.result_path,
+        context={"batch": batch},
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

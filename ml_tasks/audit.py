@@ -1,0 +1,119 @@
+"""What happened to a model version, a dataset version or a DAG run: the event log, newest first.
+
+MLflow keeps no history of alias moves and Airflow forgets a run's gate decisions when its
+metadata is pruned, so every gate decision and alias move is also an event in the one log
+(:mod:`ml_tasks.events`). This command answers from that log::
+
+    python -m ml_tasks.audit --model-version 3
+    python -m ml_tasks.audit --dataset-version 1f2e... --json
+    python -m ml_tasks.audit --run-id manual__2026-11-27T10:00:00+00:00
+
+Filters combine with AND. A model version also matches events that name it as the incumbent
+or the previous champion, so a rollback shows up on both versions' histories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ml_tasks.config import load_settings
+from ml_tasks.events import read_events
+
+MODEL_VERSION_KEYS = ("model_version", "previous_champion", "incumbent_version")
+RUN_ID_KEYS = ("run_id", "caller_run_id", "mlflow_run_id")
+COLUMNS = ("ts", "component", "action", "who", "model_version", "dataset_version", "run_id")
+
+
+def matches(
+    event: dict[str, Any],
+    *,
+    model_version: str | None = None,
+    dataset_version: str | None = None,
+    run_id: str | None = None,
+) -> bool:
+    """True when the event names every id asked for."""
+    if model_version is not None and not any(
+        str(event.get(k)) == model_version for k in MODEL_VERSION_KEYS if event.get(k) is not None
+    ):
+        return False
+    if dataset_version is not None and not str(event.get("dataset_version", "")).startswith(
+        dataset_version
+    ):
+        return False
+    return run_id is None or any(str(event.get(k)) == run_id for k in RUN_ID_KEYS)
+
+
+def history(path: Path, **ids: str | None) -> list[dict[str, Any]]:
+    """Matching events, newest first (events with equal times keep the log's order, reversed)."""
+    found = [e for e in read_events(path) if matches(e, **ids)]
+    return sorted(reversed(found), key=lambda e: str(e.get("ts", "")), reverse=True)
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table(rows: Iterable[dict[str, Any]]) -> str:
+    """A table a person can read: the ids in columns, everything else as ``key=value``."""
+    widths = {
+        "ts": 29,
+        "component": 10,
+        "action": 24,
+        "who": 14,
+        "model_version": 7,
+        "dataset_version": 12,
+        "run_id": 36,
+    }
+    header = "  ".join(
+        c.replace("model_version", "model").replace("dataset_version", "dataset").ljust(widths[c])
+        for c in COLUMNS
+    )
+    lines = [header, "-" * len(header)]
+    for event in rows:
+        cells = "  ".join(_cell(event.get(c), widths[c]).ljust(widths[c]) for c in COLUMNS)
+        rest = {
+            k: v
+            for k, v in event.items()
+            if k not in COLUMNS and k not in ("level", "task_id", "dag_id", "try_number")
+        }
+        detail = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in rest.items())
+        lines.append(f"{cells}  {detail}".rstrip())
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_tasks.audit", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--model-version", help="a registered model version (e.g. 3)")
+    parser.add_argument("--dataset-version", help="a dataset version (a prefix is enough)")
+    parser.add_argument("--run-id", help="an Airflow DAG run id (or an MLflow run id)")
+    parser.add_argument("--json", action="store_true", help="print the events as a JSON list")
+    parser.add_argument("--log", type=Path, help="the event log (default: the configured one)")
+    args = parser.parse_args(argv)
+    if not (args.model_version or args.dataset_version or args.run_id):
+        parser.error("give at least one of --model-version, --dataset-version, --run-id")
+    path = args.log or load_settings().log_path
+    rows = history(
+        path,
+        model_version=args.model_version,
+        dataset_version=args.dataset_version,
+        run_id=args.run_id,
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif rows:
+        print(format_table(rows))
+    else:
+        print(f"no events match in {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,312 @@
+"""Deploy: make an approved model version the ``champion``, or record its rejection.
+
+Runs after the approval gate, as ``python -m ml_tasks.deploy <command>``:
+
+- ``promote --model-version N --approved-by USER``: renders the KServe InferenceService for
+  version N, validates it against KServe's CRD, writes it to the lake
+  (``deployments/<N>/inferenceservice.yaml``), then moves alias ``champion`` to N. The previous
+  champion is kept on N as tag ``flywheel.previous_champion`` and in the ``alias_moved`` event,
+  so ``rollback`` (or a person) can restore it. On the ``local`` backend this *is* the deploy
+  (``python -m ml_tasks.serve`` serves the champion); on ``kubernetes`` the orchestrator applies
+  the same manifest, waits for Ready, and only then runs ``promote``.
+- ``reject --model-version N --rejected-by USER``: records the decision (tags, event) and
+  removes the ``challenger`` alias from N, so the next candidate is compared with the champion.
+- ``rollback --model-version N``: moves ``champion`` back to N's recorded previous champion.
+- ``render --model-version N``: prints the validated manifest (what would be applied).
+
+Every alias move and decision is an event (``python -m ml_tasks.audit --model-version N``).
+Repeating a command is safe: a retry finds the alias already moved and changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from ml_tasks import events
+from ml_tasks.config import Settings, load_settings
+from ml_tasks.step import StepError, add_result_option, run_step
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+TAG_PREVIOUS = "flywheel.previous_champion"
+TAG_APPROVAL = "flywheel.approval"
+
+
+def manifest_key(model_version: str) -> str:
+    return f"deployments/{model_version}/inferenceservice.yaml"
+
+
+def render(
+    settings: Settings, model_version: str, canary_percent: int | None = None
+) -> dict[str, Any]:
+    """The validated InferenceService for a version (raises StepError when it would be refused)."""
+    from ml_tasks.inference_service import (
+        InvalidManifest,
+        ServingOptions,
+        render_inference_service,
+        validate_inference_service,
+    )
+
+    manifest = render_inference_service(
+        settings.model_name,
+        model_version,
+        ServingOptions.from_env(canary_traffic_percent=canary_percent),
+    )
+    try:
+        validate_inference_service(manifest)
+    except (InvalidManifest, FileNotFoundError) as exc:
+        raise StepError(str(exc)) from exc
+    return manifest
+
+
+def _client(settings: Settings) -> Any:
+    from mlflow import MlflowClient
+
+    from ml_tasks.tracking import use_mlflow
+
+    use_mlflow(settings)
+    return MlflowClient()
+
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _model_version(client: Any, name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise StepError(f"model {name} has no version {version}") from exc
+
+
+def promote(
+    settings: Settings,
+    model_version: str,
+    *,
+    approved_by: str,
+    caller_run_id: str | None = None,
+    canary_percent: int | None = None,
+) -> dict[str, Any]:
+    """Render, validate and store the manifest, then move ``champion`` (in that order)."""
+    from ml_tasks.inference_service import to_yaml
+    from ml_tasks.lake import open_lake
+
+    client = _client(settings)
+    name = settings.model_name
+    mv = _model_version(client, name, model_version)
+    manifest = render(settings, model_version, canary_percent)
+    lake = open_lake(settings.lake_uri)
+    lake.write_bytes(manifest_key(model_version), to_yaml(manifest).encode())
+    manifest_uri = lake.url(manifest_key(model_version))
+    dataset_version = mv.tags.get("flywheel.dataset_version")
+
+    previous = alias_version(client, name, CHAMPION)
+    if previous == model_version:
+        # A retry after the move: keep the first record of the previous champion.
+        recorded = mv.tags.get(TAG_PREVIOUS)
+        previous = None if recorded in (None, "", "none") else recorded
+        moved = False
+    else:
+        client.set_model_version_tag(name, model_version, TAG_PREVIOUS, previous or "none")
+        client.set_model_version_tag(name, model_version, TAG_APPROVAL, "approved")
+        client.set_model_version_tag(name, model_version, "flywheel.approved_by", approved_by)
+        client.set_model_version_tag(
+            name,
+            model_version,
+            "flywheel.deployed_at",
+            datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        if caller_run_id:
+            client.set_model_version_tag(
+                name, model_version, "flywheel.deployed_by_run", caller_run_id
+            )
+        client.set_registered_model_alias(name, CHAMPION, model_version)
+        moved = True
+        events.emit(
+            "alias_moved",
+            alias=CHAMPION,
+            model_version=model_version,
+            previous_champion=previous,
+            who=approved_by,
+            caller_run_id=caller_run_id,
+            dataset_version=dataset_version,
+            reason="approved",
+        )
+    if alias_version(client, name, CHALLENGER) == model_version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+        events.emit(
+            "alias_removed",
+            alias=CHALLENGER,
+            model_version=model_version,
+            who=approved_by,
+            reason="promoted to champion",
+        )
+    events.emit(
+        "deployed",
+        model_version=model_version,
+        manifest_uri=manifest_uri,
+        service=manifest["metadata"]["name"],
+        previous_champion=previous,
+        dataset_version=dataset_version,
+        who=approved_by,
+        backend=settings.backend,
+    )
+    return {
+        "model_name": name,
+        "model_version": model_version,
+        "alias": CHAMPION,
+        "previous_champion": previous,
+        "moved": moved,
+        "manifest_uri": manifest_uri,
+        "service": manifest["metadata"]["name"],
+        "approved_by": approved_by,
+    }
+
+
+def reject(
+    settings: Settings,
+    model_version: str,
+    *,
+    rejected_by: str,
+    reason: str,
+    caller_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Record that version N was not approved; it stops being the pending challenger."""
+    client = _client(settings)
+    name = settings.model_name
+    mv = _model_version(client, name, model_version)
+    client.set_model_version_tag(name, model_version, TAG_APPROVAL, "rejected")
+    client.set_model_version_tag(name, model_version, "flywheel.rejected_by", rejected_by)
+    client.set_model_version_tag(name, model_version, "flywheel.rejection_reason", reason)
+    if alias_version(client, name, CHALLENGER) == model_version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+        events.emit(
+            "alias_removed",
+            alias=CHALLENGER,
+            model_version=model_version,
+            who=rejected_by,
+            reason="rejected",
+        )
+    events.emit(
+        "rejection_recorded",
+        model_version=model_version,
+        who=rejected_by,
+        reason=reason,
+        caller_run_id=caller_run_id,
+        dataset_version=mv.tags.get("flywheel.dataset_version"),
+    )
+    return {
+        "model_name": name,
+        "model_version": model_version,
+        "approval": "rejected",
+        "rejected_by": rejected_by,
+        "reason": reason,
+        "champion": alias_version(client, name, CHAMPION),
+    }
+
+
+def rollback(settings: Settings, model_version: str, *, who: str) -> dict[str, Any]:
+    """Move ``champion`` from N back to the version N replaced."""
+    client = _client(settings)
+    name = settings.model_name
+    mv = _model_version(client, name, model_version)
+    previous = mv.tags.get(TAG_PREVIOUS)
+    if not previous or previous == "none":
+        raise StepError(f"version {model_version} records no previous champion to roll back to")
+    current = alias_version(client, name, CHAMPION)
+    if current != model_version and current != previous:
+        raise StepError(f"champion is v{current}, not v{model_version}: refusing to roll back")
+    if current != previous:
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        events.emit(
+            "alias_moved",
+            alias=CHAMPION,
+            model_version=previous,
+            previous_champion=model_version,
+            who=who,
+            reason="rollback",
+        )
+    return {
+        "model_name": name,
+        "alias": CHAMPION,
+        "model_version": previous,
+        "rolled_back_from": model_version,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_tasks.deploy", description=__doc__.split("\n\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "promote": sub.add_parser("promote", help="move champion to an approved version"),
+        "reject": sub.add_parser("reject", help="record that a version was not approved"),
+        "rollback": sub.add_parser("rollback", help="restore the champion a version replaced"),
+        "render": sub.add_parser("render", help="print the validated InferenceService"),
+    }
+    for command in commands.values():
+        command.add_argument("--model-version", required=True)
+    commands["promote"].add_argument("--approved-by", required=True, help="who approved")
+    commands["promote"].add_argument(
+        "--canary-percent", type=int, help="send this share of traffic to the new version first"
+    )
+    commands["reject"].add_argument(
+        "--rejected-by", required=True, help="who rejected (or 'timeout')"
+    )
+    commands["reject"].add_argument("--reason", default="rejected at the approval gate")
+    commands["rollback"].add_argument("--who", required=True)
+    commands["render"].add_argument("--canary-percent", type=int)
+    for name in ("promote", "reject"):
+        commands[name].add_argument("--caller-run-id", help="the orchestrator's run id")
+    for name in ("promote", "reject", "rollback"):
+        add_result_option(commands[name])
+    args = parser.parse_args(argv)
+    if args.model_version in ("", "None"):
+        parser.error("--model-version is empty: nothing was registered")
+    settings = load_settings()
+    if args.command == "render":
+        from ml_tasks.inference_service import to_yaml
+
+        try:
+            print(to_yaml(render(settings, args.model_version, args.canary_percent)), end="")
+        except StepError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        return 0
+    bodies = {
+        "promote": lambda: promote(
+            settings,
+            args.model_version,
+            approved_by=args.approved_by,
+            caller_run_id=args.caller_run_id,
+            canary_percent=args.canary_percent,
+        ),
+        "reject": lambda: reject(
+            settings,
+            args.model_version,
+            rejected_by=args.rejected_by,
+            reason=args.reason,
+            caller_run_id=args.caller_run_id,
+        ),
+        "rollback": lambda: rollback(settings, args.model_version, who=args.who),
+    }
+    return run_step(
+        "deploy",
+        bodies[args.command],
+        result_path=args.result_path,
+        context={"model_version": args.model_version},
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Resolve which dataset version a training run uses: the first step of the training DAG.
+
+- A backfill for date D trains on the version that was current at D (``--as-of D``, from the
+  index of versions in ``data/versions.jsonl``), so re-running history reproduces history.
+- Any other run trains on the current version (the one ``data/images.dvc`` records, else the
+  newest in the index), unless the caller names one (``--dataset-version``).
+
+The answer is the step's JSON result, so every later task reads the same version from XCom.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from typing import Any
+
+from ml_tasks import events
+from ml_tasks.config import Settings, load_settings
+from ml_tasks.step import StepError, add_result_option, run_step
+
+
+def resolve(
+    settings: Settings, *, as_of: datetime | None = None, dataset_version: str | None = None
+) -> dict[str, Any]:
+    from ml_tasks.dataset import read_index, tracked_version, version_as_of
+
+    index = {v.version: v for v in read_index(settings)}
+    if dataset_version:
+        source, version = "given", dataset_version
+    elif as_of is not None:
+        source, version = "as-of", version_as_of(settings, as_of).version
+    else:
+        version = tracked_version(settings) or (list(index)[-1] if index else "")
+        source = "current"
+        if not version:
+            raise StepError("no dataset version yet: run `python -m ml_tasks.dataset materialize`")
+    entry = index.get(version)
+    events.emit(
+        "dataset_resolved",
+        dataset_version=version,
+        source=source,
+        as_of=as_of.isoformat() if as_of else None,
+    )
+    return {
+        "dataset_version": version,
+        "source": source,
+        "as_of": as_of.isoformat() if as_of else None,
+        "created_at": entry.created_at.isoformat() if entry else None,
+        "images": entry.images if entry else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_tasks.resolve_dataset", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--as-of",
+        type=datetime.fromisoformat,
+        help="use the version current at this time (ISO 8601; backfills)",
+    )
+    parser.add_argument("--dataset-version", help="use this version (overrides --as-of)")
+    add_result_option(parser)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    return run_step(
+        "resolve_dataset",
+        lambda: resolve(settings, as_of=args.as_of, dataset_version=args.dataset_version or None),
+        result_path=args.result_path,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

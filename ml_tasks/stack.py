@@ -1,0 +1,353 @@
+"""The local stack: every service of the loop on this machine, started and stopped in one go.
+
+``python -m ml_tasks.stack up`` starts, each on a free port of 127.0.0.1:
+
+- a local S3 endpoint (``moto_server``; in memory, like a fresh MinIO) with the lake bucket;
+- MLflow (SQLite + served artifacts);
+- Label Studio (its own virtualenv, preset admin and API token, safe SSRF settings);
+- the model service (``python -m ml_tasks.serve``), when a ``champion`` exists (``--no-serve``
+  skips it; without a champion it is reported as not started);
+- Airflow: api-server (UI), scheduler, triggerer and dag-processor, with Connections for S3
+  and Label Studio, low parallelism;
+
+then prints the URLs, logins, and the environment to copy into a shell
+(``python -m ml_tasks.stack env``). ``python -m ml_tasks.stack down`` stops all of it
+(each service runs in its own process group, recorded in ``<FLYWHEEL_HOME>/stack/state.json``).
+
+Why here and not under ``plugins/``: it imports neither Airflow nor the ML stack (standard
+library only: it starts other programs with their own environments' interpreters), so it runs
+from either environment; Airflow imports every module under ``plugins/`` at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ml_tasks.annotation import label_studio_server as lss
+from ml_tasks.config import load_settings, repo_root
+
+BUCKET = "flywheel"
+AWS = {
+    "AWS_ACCESS_KEY_ID": "flywheel",
+    "AWS_SECRET_ACCESS_KEY": "flywheel-local",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+class StackError(RuntimeError):
+    """A service of the stack did not come up."""
+
+
+def venv_bin(env: str, name: str) -> str:
+    return str(repo_root() / ".venvs" / env / "bin" / name)
+
+
+def state_dir() -> Path:
+    return load_settings().home / "stack"
+
+
+def read_state() -> dict[str, Any]:
+    path = state_dir() / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_state(state: dict[str, Any]) -> None:
+    path = state_dir() / "state.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2))
+
+
+def launch(name: str, command: list[str], env: dict[str, str], state: dict[str, Any]) -> int:
+    """Start a service in its own process group, logging to ``stack/<name>.log``."""
+    log = state_dir() / f"{name}.log"
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=state_dir(),
+        )
+    state.setdefault("services", {})[name] = {"pid": proc.pid, "log": str(log)}
+    write_state(state)
+    return proc.pid
+
+
+def wait_http(url: str, timeout: float, pid: int | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid is not None and not alive(pid):
+            raise StackError(f"the service for {url} exited; see its log in {state_dir()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise StackError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stack_env(state: dict[str, Any]) -> dict[str, str]:
+    """What a shell (or a step) needs to use the stack: lake, MLflow, Label Studio, Airflow."""
+    home = load_settings().home
+    env = {
+        **AWS,
+        "AWS_ENDPOINT_URL": state["s3"],
+        "FLYWHEEL_HOME": str(home),
+        "FLYWHEEL_LAKE_URI": f"s3://{BUCKET}",
+        "FLYWHEEL_DVC_REMOTE": "minio",
+        "MLFLOW_TRACKING_URI": state["mlflow"],
+        "LABEL_STUDIO_URL": state["label_studio"]["url"],
+        "LABEL_STUDIO_API_KEY": state["label_studio"]["token"],
+        "FLYWHEEL_STEPS_PYTHON": venv_bin("steps", "python"),
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(repo_root() / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow' / 'airflow.db'}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW_CONN_FLYWHEEL_S3": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": AWS["AWS_ACCESS_KEY_ID"],
+                "password": AWS["AWS_SECRET_ACCESS_KEY"],
+                "extra": {"endpoint_url": state["s3"], "region_name": AWS["AWS_DEFAULT_REGION"]},
+            }
+        ),
+        "AIRFLOW_CONN_FLYWHEEL_LABEL_STUDIO": json.dumps(
+            {
+                "conn_type": "http",
+                "host": state["label_studio"]["url"],
+                "password": state["label_studio"]["token"],
+            }
+        ),
+    }
+    if "airflow" in state:
+        port = state["airflow"]["port"]
+        env.update(
+            {
+                "AIRFLOW__API__PORT": str(port),
+                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(state["airflow"]["worker_logs"]),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(state["airflow"]["trigger_logs"]),
+                "AIRFLOW__API_AUTH__JWT_SECRET": state["airflow"]["jwt_secret"],
+            }
+        )
+    return env
+
+
+def up(serve: bool = True) -> dict[str, Any]:
+    state = read_state()
+    if any(alive(s["pid"]) for s in state.get("services", {}).values()):
+        raise StackError("the stack is already running: `python -m ml_tasks.stack down` first")
+    state = {}
+    state_dir().mkdir(parents=True, exist_ok=True)
+    base = {**os.environ, **AWS}
+    # Label Studio first: its first start (migrations, ~45 s) overlaps everything else.
+    server = lss.start(state_dir() / "label-studio", wait=False)
+    state["services"] = {"label_studio": {"pid": server.pid, "log": server.log_path}}
+    state["label_studio"] = server.to_json()
+    s3_port = lss.free_port()
+    pid = launch(
+        "s3", [venv_bin("steps", "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], base, state
+    )
+    state["s3"] = f"http://127.0.0.1:{s3_port}"
+    wait_http(state["s3"], 60, pid)
+    create_bucket(state["s3"])
+    mlflow_port = lss.free_port()
+    pid = launch(
+        "mlflow",
+        [
+            venv_bin("steps", "python"),
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{state_dir() / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(state_dir() / "mlartifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+        ],
+        base,
+        state,
+    )
+    state["mlflow"] = f"http://127.0.0.1:{mlflow_port}"
+    state["airflow"] = {
+        "port": lss.free_port(),
+        "worker_logs": lss.free_port(),
+        "trigger_logs": lss.free_port(),
+        "jwt_secret": secrets.token_urlsafe(32),
+    }
+    write_state(state)
+    env = {**base, **stack_env(state)}
+    airflow = venv_bin("orchestrator", "airflow")
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    pid = launch(
+        "airflow-api-server",
+        [airflow, "api-server", "-H", "127.0.0.1", "-p", str(state["airflow"]["port"])],
+        env,
+        state,
+    )
+    for part in ("scheduler", "triggerer", "dag-processor"):
+        launch(f"airflow-{part}", [airflow, part], env, state)
+    wait_http(f"{state['mlflow']}/health", 120)
+    wait_http(f"http://127.0.0.1:{state['airflow']['port']}/api/v2/monitor/health", 120, pid)
+    lss.wait_until_up(server.url, 300)
+    state["model_service"] = start_model_service(env, state) if serve else "not requested"
+    write_state(state)
+    return state
+
+
+def create_bucket(endpoint: str) -> None:
+    key, secret = AWS["AWS_ACCESS_KEY_ID"], AWS["AWS_SECRET_ACCESS_KEY"]
+    code = (
+        f"import boto3; boto3.client('s3', endpoint_url={endpoint!r}, aws_access_key_id={key!r}, "
+        f"aws_secret_access_key={secret!r}, region_name='us-east-1')"
+        f".create_bucket(Bucket={BUCKET!r})"
+    )
+    subprocess.run([venv_bin("steps", "python"), "-c", code], check=True, capture_output=True)
+
+
+def start_model_service(env: dict[str, str], state: dict[str, Any]) -> str:
+    """Serve the champion if there is one (issue 4's ``ml_tasks.serve``); else say why not."""
+    if not (repo_root() / "ml_tasks" / "serve.py").exists():
+        return "not started: ml_tasks.serve is not available"
+    model = os.environ.get("FLYWHEEL_MODEL_NAME", "digits")
+    check = subprocess.run(
+        [
+            venv_bin("steps", "python"),
+            "-c",
+            f"from mlflow import MlflowClient; MlflowClient().get_model_version_by_alias({model!r},"
+            " 'champion')",
+        ],
+        env=env,
+        capture_output=True,
+    )
+    if check.returncode != 0:
+        return f"not started: no {model}@champion yet (train and approve one, then run `up` again)"
+    port = lss.free_port()
+    pid = launch(
+        "model-service",
+        [
+            venv_bin("steps", "python"),
+            "-m",
+            "ml_tasks.serve",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(port),
+        ],
+        env,
+        state,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/v2/health/ready", 120, pid)
+    return url
+
+
+def down() -> list[str]:
+    """Stop every service the stack started (their process groups), newest first."""
+    state = read_state()
+    stopped = []
+    for name, service in reversed(list(state.get("services", {}).items())):
+        pid = int(service["pid"])
+        if alive(pid):
+            lss.stop_pid(pid)
+            stopped.append(name)
+    if state:
+        write_state({k: v for k, v in state.items() if k != "services"})
+    return stopped
+
+
+def describe(state: dict[str, Any]) -> str:
+    home = Path(stack_env(state)["AIRFLOW_HOME"])
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    airflow_login = "admin / " + (
+        json.loads(passwords.read_text()).get("admin", "?") if passwords.exists() else "?"
+    )
+    ls = state["label_studio"]
+    lines = [
+        f"Airflow UI     http://127.0.0.1:{state['airflow']['port']}   login {airflow_login}",
+        f"Label Studio   {ls['url']}   login {ls['username']} / {ls['password']}   "
+        f"API token {ls['token']}",
+        f"MLflow         {state['mlflow']}",
+        f"S3 (moto)      {state['s3']}   bucket {BUCKET}   keys {AWS['AWS_ACCESS_KEY_ID']} / "
+        f"{AWS['AWS_SECRET_ACCESS_KEY']}",
+        f"Model service  {state.get('model_service')}",
+        f"Logs           {state_dir()}",
+        'Environment    eval "$(python -m ml_tasks.stack env)"',
+        "Stop           python -m ml_tasks.stack down",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_tasks.stack", description=__doc__.split("\n\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("up", help="start everything and print URLs and logins")
+    start.add_argument("--no-serve", action="store_true", help="do not start the model service")
+    sub.add_parser("down", help="stop everything `up` started")
+    sub.add_parser("status", help="print URLs and logins of the running stack")
+    sub.add_parser("env", help="print `export` lines for a shell that uses the stack")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            try:
+                print(describe(up(serve=not args.no_serve)))
+            except (StackError, lss.LabelStudioError, subprocess.CalledProcessError):
+                down()
+                raise
+        elif args.command == "down":
+            print("stopped: " + (", ".join(down()) or "nothing was running"))
+        else:
+            state = read_state()
+            if not state.get("services"):
+                print("the stack is not running", file=sys.stderr)
+                return 1
+            if args.command == "status":
+                print(describe(state))
+            else:
+                import shlex
+
+                for key, value in stack_env(state).items():
+                    print(f"export {key}={shlex.quote(value)}")
+    except (StackError, lss.LabelStudioError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise SystemExit(main())

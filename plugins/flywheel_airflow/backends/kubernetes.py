@@ -1,0 +1,339 @@
+"""The ``kubernetes`` backend: run a step as a pod in the steps image; deploy to KServe.
+
+:func:`build_step_pod` turns a step into a KubernetesPodOperator running exactly the command
+the ``local`` backend runs (``python -m ml_tasks.<step> ARGS``), hardened for a shared cluster:
+
+- the image from Harbor (``FLYWHEEL_STEPS_IMAGE``, default
+  ``harbor.flywheel.local/flywheel/steps:<FLYWHEEL_IMAGE_TAG>``), pulled with the
+  ``FLYWHEEL_IMAGE_PULL_SECRET`` (default ``harbor-pull``);
+- non-root, no privilege escalation, every capability dropped, a read-only root file system
+  (``/tmp`` is an ``emptyDir``, ``HOME`` and ``FLYWHEEL_HOME`` live there), seccomp default;
+- credentials only from Kubernetes Secrets (``envFrom``: the MLflow secret and the S3 secret),
+  settings from a ConfigMap (``flywheel-config``: lake URI, tracking URI, DVC remote);
+- requests and limits per step (training gets more);
+- the step writes its JSON result to ``/airflow/xcom/return.json`` (its default in a pod), which
+  the XCom sidecar hands back as the task's XCom (``do_xcom_push=True``).
+
+:func:`run_in_pod` runs it; a pod whose step exited 3 (bad input) fails the task without retry,
+as on the local backend. The ``deploy promote`` step is special: the InferenceService is applied
+first, the task defers to :class:`InferenceServiceReadyTrigger` (no worker slot held while
+KServe rolls out), and ``champion`` moves (the promote step, in a pod) only once it is Ready;
+otherwise the previous InferenceService is restored and the task fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+EXIT_STEP_ERROR = 3
+RUN_AS = 1000
+STEP_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
+    "train": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+    "validate": {
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"cpu": "2", "memory": "4Gi"},
+    },
+    "prepare": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+}
+DEFAULT_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"cpu": "1", "memory": "2Gi"},
+}
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """Where and how step pods run; every field has an environment variable."""
+
+    namespace: str = field(default_factory=lambda: _env("FLYWHEEL_STEPS_NAMESPACE", "flywheel"))
+    image: str = field(
+        default_factory=lambda: _env(
+            "FLYWHEEL_STEPS_IMAGE",
+            f"harbor.flywheel.local/flywheel/steps:{_env('FLYWHEEL_IMAGE_TAG', '0.1.0')}",
+        )
+    )
+    image_pull_secret: str = field(
+        default_factory=lambda: _env("FLYWHEEL_IMAGE_PULL_SECRET", "harbor-pull")
+    )
+    secrets: tuple[str, ...] = field(
+        default_factory=lambda: (
+            _env("FLYWHEEL_MLFLOW_SECRET", "flywheel-mlflow"),
+            _env("FLYWHEEL_S3_SECRET", "flywheel-s3"),
+        )
+    )
+    config_map: str = field(default_factory=lambda: _env("FLYWHEEL_CONFIG_MAP", "flywheel-config"))
+    service_account: str = field(
+        default_factory=lambda: _env("FLYWHEEL_STEPS_SERVICE_ACCOUNT", "flywheel-steps")
+    )
+    kubernetes_conn_id: str = field(
+        default_factory=lambda: _env("FLYWHEEL_KUBERNETES_CONN_ID", "kubernetes_default")
+    )
+
+
+def pod_env(context: Any) -> dict[str, str]:
+    """Plain settings for the step (no secrets): its ids, and a writable home under /tmp."""
+    from flywheel_airflow.operators.step import airflow_env
+
+    return {
+        **airflow_env(context),
+        "FLYWHEEL_BACKEND": "kubernetes",
+        "FLYWHEEL_HOME": "/tmp/flywheel",
+        "HOME": "/tmp",
+        "MPLCONFIGDIR": "/tmp/matplotlib",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def build_step_pod(
+    step: str,
+    arguments: Sequence[str],
+    context: Any,
+    *,
+    task_id: str | None = None,
+    settings: PodSettings | None = None,
+) -> KubernetesPodOperator:
+    """The KubernetesPodOperator that runs ``python -m ml_tasks.<step> ARGS`` in a pod."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    from flywheel_airflow.operators.step import step_command
+
+    s = settings or PodSettings()
+    resources = STEP_RESOURCES.get(step, DEFAULT_RESOURCES)
+    no_privileges = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return KubernetesPodOperator(
+        task_id=task_id or f"{step}_pod",
+        name=f"flywheel-{step.replace('_', '-')}",
+        namespace=s.namespace,
+        image=s.image,
+        image_pull_policy="IfNotPresent",
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=s.image_pull_secret)],
+        service_account_name=s.service_account,
+        automount_service_account_token=False,
+        cmds=["python"],
+        arguments=step_command(step, arguments),
+        env_vars=pod_env(context),
+        env_from=[
+            k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=s.config_map)),
+            *[
+                k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name))
+                for name in s.secrets
+            ],
+        ],
+        container_resources=k8s.V1ResourceRequirements(
+            requests=resources["requests"], limits=resources["limits"]
+        ),
+        security_context={
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        container_security_context=no_privileges,
+        # The XCom sidecar must also run as non-root, or the pod never starts.
+        xcom_sidecar_container_security_context=no_privileges,
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="4Gi"))],
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        labels={"app.kubernetes.io/part-of": "flywheel", "flywheel.io/step": step},
+        do_xcom_push=True,
+        get_logs=True,
+        # Keep failed pods: their exit code tells bad input (3, no retry) from a crash.
+        on_finish_action="delete_succeeded_pod",
+        kubernetes_conn_id=s.kubernetes_conn_id,
+        startup_timeout_seconds=600,
+    )
+
+
+def _step_exit_code(kpo: Any) -> int | None:
+    """The base container's exit code of the pod ``kpo`` ran, when it can still be read."""
+    pod = getattr(kpo, "pod", None)
+    if pod is None:
+        return None
+    try:
+        pod = kpo.pod_manager.read_pod(pod)
+    except Exception:  # the API is unreachable: the caller re-raises the original failure
+        return None
+    for status in (pod.status.container_statuses or []) if pod.status else []:
+        if status.name == "base" and status.state and status.state.terminated:
+            return int(status.state.terminated.exit_code)
+    return None
+
+
+def run_in_pod(op: Any, context: Any) -> Any:
+    """Run ``op`` (a StepOperator) in a pod and return the step's JSON result."""
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    if op.step == "deploy" and list(op.arguments[:1]) == ["promote"]:
+        return start_cluster_deploy(op, context)
+    kpo = build_step_pod(op.step, op.arguments, context, task_id=op.task_id)
+    try:
+        return kpo.execute(context)
+    except AirflowException as exc:
+        if _step_exit_code(kpo) == EXIT_STEP_ERROR:
+            raise AirflowFailException(f"step {op.step} refused its input: {exc}") from exc
+        raise
+
+
+# --- deploy on the cluster --------------------------------------------------------------------
+
+
+def _option(arguments: Sequence[str], name: str) -> str | None:
+    args = list(arguments)
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return str(args[i + 1])
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _custom_objects(conn_id: str) -> Any:
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+    from kubernetes import client
+
+    return client.CustomObjectsApi(KubernetesHook(conn_id=conn_id).api_client)
+
+
+def restorable(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What to re-apply to restore an InferenceService (no status, no server-set metadata)."""
+    if obj is None:
+        return None
+    meta = obj.get("metadata") or {}
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta
+        },
+        "spec": obj.get("spec"),
+    }
+
+
+def apply_inference_service(api: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Create or replace the InferenceService; returns the previous one (restorable) or None."""
+    from kubernetes.client.exceptions import ApiException
+
+    from flywheel_airflow.triggers.inference_service import GROUP, PLURAL, VERSION
+
+    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    try:
+        current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        current = None
+    if current is None:
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    else:
+        body = {
+            **manifest,
+            "metadata": {
+                **manifest["metadata"],
+                "resourceVersion": current["metadata"]["resourceVersion"],
+            },
+        }
+        api.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
+    return restorable(current)
+
+
+def restore_inference_service(
+    api: Any, manifest: dict[str, Any], previous: dict[str, Any] | None
+) -> str:
+    """Put back what served before: the previous object, or nothing if there was none."""
+    from flywheel_airflow.triggers.inference_service import GROUP, PLURAL, VERSION
+
+    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    if previous is None:
+        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return f"deleted {namespace}/{name} (nothing served before)"
+    apply_inference_service(api, previous)
+    version = (previous["metadata"].get("annotations") or {}).get("flywheel.io/model-version")
+    return f"restored {namespace}/{name} to model version {version}"
+
+
+def start_cluster_deploy(op: Any, context: Any) -> Any:
+    """Apply the InferenceService for the approved version, then defer until it is Ready."""
+    from flywheel_airflow.triggers.inference_service import InferenceServiceReadyTrigger
+    from ml_tasks.inference_service import (
+        ServingOptions,
+        render_inference_service,
+        validate_inference_service,
+    )
+
+    model_version = _option(op.arguments, "--model-version")
+    if not model_version:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("deploy promote needs --model-version")
+    canary = _option(op.arguments, "--canary-percent")
+    manifest = render_inference_service(
+        os.environ.get("FLYWHEEL_MODEL_NAME", "digits"),
+        model_version,
+        ServingOptions.from_env(canary_traffic_percent=int(canary) if canary else None),
+    )
+    validate_inference_service(manifest)
+    settings = PodSettings()
+    previous = apply_inference_service(_custom_objects(settings.kubernetes_conn_id), manifest)
+    op.log.info(
+        "Applied InferenceService %s/%s for v%s; waiting for Ready",
+        manifest["metadata"]["namespace"],
+        manifest["metadata"]["name"],
+        model_version,
+    )
+    op.defer(
+        trigger=InferenceServiceReadyTrigger(
+            name=manifest["metadata"]["name"],
+            namespace=manifest["metadata"]["namespace"],
+            model_version=model_version,
+            kubernetes_conn_id=settings.kubernetes_conn_id,
+            timeout_seconds=float(os.environ.get("FLYWHEEL_DEPLOY_TIMEOUT_SECONDS", "900")),
+        ),
+        method_name="execute_deployed",
+        kwargs={"manifest": manifest, "previous": previous},
+    )
+
+
+def finish_cluster_deploy(
+    op: Any,
+    context: Any,
+    event: dict[str, Any],
+    manifest: dict[str, Any],
+    previous: dict[str, Any] | None,
+) -> Any:
+    """Ready: move champion (the promote step, in a pod). Otherwise restore and fail."""
+    from airflow.sdk.exceptions import AirflowException
+
+    api = _custom_objects(PodSettings().kubernetes_conn_id)
+    if event.get("status") != "ready":
+        restored = restore_inference_service(api, manifest, previous)
+        raise AirflowException(
+            f"InferenceService not ready ({event.get('status')}: "
+            f"{event.get('message')}); champion unchanged; {restored}"
+        )
+    kpo = build_step_pod(op.step, op.arguments, context, task_id=op.task_id)
+    try:
+        return kpo.execute(context)
+    except AirflowException:
+        op.log.error(
+            "Moving champion failed; %s", restore_inference_service(api, manifest, previous)
+        )
+        raise

@@ -1,0 +1,114 @@
+"""The training DAG's gates, as plain functions the DAG's tasks call.
+
+- :func:`route_after_validation`: where a run goes once ``validate`` decided (register-if-better).
+- :func:`is_backfill`: backfill runs never move ``champion``, so they never reach approval.
+- :func:`record_gate`: every gate decision is an audit event (``ml_tasks.events``) and, when the
+  Airflow REST API is configured, the DAG run's note, so the reason is visible in the UI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+AWAIT_APPROVAL = "await_approval"
+REGISTRATION_SKIPPED = "registration_skipped"
+BACKFILL_KEEPS_CHAMPION = "backfill_keeps_champion"
+API_CONN_ID = "flywheel_airflow_api"
+
+
+def is_backfill(dag_run: Any) -> bool:
+    """True for runs created by ``airflow backfill create`` (run type, or the run id it makes)."""
+    run_type = getattr(dag_run, "run_type", None)
+    run_type = str(getattr(run_type, "value", run_type) or "")  # the enum's value, or a string
+    run_id = str(getattr(dag_run, "run_id", "") or "")
+    return run_type == "backfill" or run_id.startswith("backfill__")
+
+
+def route_after_validation(decision: dict[str, Any], *, backfill: bool) -> tuple[str, str]:
+    """The next task and the reason, from ``validate``'s result."""
+    if not decision.get("registered"):
+        return REGISTRATION_SKIPPED, f"registration skipped: {decision.get('reason', 'no reason')}"
+    version = decision.get("model_version")
+    if backfill:
+        return BACKFILL_KEEPS_CHAMPION, (
+            f"registered v{version} as challenger; a backfill never moves champion, so no approval"
+        )
+    return (
+        AWAIT_APPROVAL,
+        f"registered v{version} as challenger ({decision.get('reason')}); awaiting approval",
+    )
+
+
+def record_gate(context: Any, gate: str, decision: str, reason: str, **ids: Any) -> None:
+    """Log the decision, emit the audit event, and put the reason in the run's note."""
+    from ml_tasks import events
+
+    events.configure("airflow")
+    dag_run = context["dag_run"]
+    log.info("%s: %s — %s", gate, decision, reason)
+    events.emit(
+        "gate_decided",
+        gate=gate,
+        decision=decision,
+        reason=reason,
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        task_id=context["ti"].task_id,
+        **ids,
+    )
+    set_run_note(dag_run.dag_id, dag_run.run_id, f"{gate}: {reason}")
+
+
+def set_run_note(dag_id: str, run_id: str, note: str) -> bool:
+    """Set the DAG run's note through the REST API (connection ``flywheel_airflow_api``).
+
+    Tasks have no database access in Airflow 3 and the Task SDK cannot write notes, so this
+    makes the same call as the UI's note editor. Without the connection the note is skipped
+    (the reason is still in the task log and the event log); returns whether it was set.
+    """
+    import urllib.parse
+
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(API_CONN_ID)
+    except AirflowNotFoundException as exc:
+        log.info("run note not set (no %s connection: %s)", API_CONN_ID, type(exc).__name__)
+        return False
+    import json
+    import urllib.request
+
+    base = f"{conn.schema or 'http'}://{conn.host}:{conn.port}"
+    try:
+        token = api_token(base, conn.login or "", conn.password or "")
+        path = f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}"
+        request = urllib.request.Request(
+            f"{base}{path}?update_mask=note",
+            method="PATCH",
+            data=json.dumps({"note": note[:1000]}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            return True
+    except OSError as exc:  # urllib's HTTPError and URLError are OSErrors
+        log.warning("run note not set: %s", exc)
+        return False
+
+
+def api_token(base_url: str, username: str, password: str) -> str:
+    """A JWT from the API server's ``/auth/token`` (simple auth manager or any that accepts it)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base_url}/auth/token",
+        method="POST",
+        data=json.dumps({"username": username, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.loads(response.read())["access_token"])

@@ -1,0 +1,1 @@
+"""Sensors: waits that defer to the triggerer (provider layout)."""

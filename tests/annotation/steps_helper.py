@@ -1,0 +1,192 @@
+"""Test set-up that needs the steps environment (torch, MLflow, DVC), run as a subprocess.
+
+The annotation tests run in the orchestrator environment (they drive DAGs with ``dag.test()``),
+so what needs the ML stack is done here: ``champion`` trains a tiny CNN on synthetic digits and
+registers it as ``<model>@champion``; ``repo`` makes a throwaway git + DVC repository with a
+small first dataset version; ``incoming`` writes images and sidecars the way the model service
+does; ``half-ingest`` does the first half of an ingest (files + ``dvc add`` + push, no commit),
+the state a crash between ``dvc push`` and ``git commit`` leaves behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def synthetic_pixels(count: int, seed: int, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Images like ml_tasks.dataset.synthesize (class k: a bright bar at a k-dependent place)."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(count):
+        label = i % 10
+        image = rng.integers(0, 60, size=(size, size), dtype=np.uint8)
+        row = min(max((label * size) // 10 + int(rng.integers(-1, 2)), 0), size - 1)
+        if label % 2:
+            image[:, row] = rng.integers(180, 256, size=size, dtype=np.uint8)
+        else:
+            image[row, :] = rng.integers(180, 256, size=size, dtype=np.uint8)
+        image[0, 0], image[0, 1], image[0, 2] = i % 251, (i // 251) % 251, seed % 251
+        images.append(image)
+        labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def champion(model_name: str) -> None:
+    import mlflow
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    from ml_tasks.train import PreparedData, fit
+
+    x, y = synthetic_pixels(600, seed=1)
+    split = np.where(np.arange(len(y)) % 7 == 0, "val", "train")  # every class in both
+    data = PreparedData(
+        x.astype(np.float32) / 255.0, y.astype(np.int64), split, [str(c) for c in range(10)]
+    )
+    hp = {
+        "epochs": 6,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+        "weight_decay": 0.0,
+        "channels": 4,
+        "hidden": 16,
+        "seed": 0,
+    }
+    model, history = fit(data, hp, progress=False)
+    model.eval()
+    mlflow.set_experiment("annotation-tests")
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pickle",
+            metadata={"classes": data.classes, "image_size": 8},
+            registered_model_name=model_name,
+        )
+    client = MlflowClient()
+    version = info.registered_model_version
+    client.set_registered_model_alias(model_name, "champion", str(version))
+    print(json.dumps({"version": str(version), "val_accuracy": history[-1]["val_accuracy"]}))
+
+
+def make_repo(path: Path, bucket: str, base_images: int) -> None:
+    """A git + DVC repository like Flywheel's, with ``base_images`` images as version one."""
+    from ml_tasks.config import load_settings
+    from ml_tasks.dataset import add_version, synthesize
+
+    path.mkdir(parents=True)
+    shutil.copy(REPO / "params.yaml", path / "params.yaml")
+    (path / ".gitignore").write_text("/.flywheel/\n")
+
+    def run(*cmd: str) -> None:
+        subprocess.run(cmd, cwd=path, check=True, capture_output=True)
+
+    run("git", "init", "-q", "-b", "main")
+    run("git", "config", "user.email", "test@flywheel.local")
+    run("git", "config", "user.name", "Flywheel tests")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    (path / ".dvc" / "config").write_text(
+        "[core]\n    autostage = false\n    remote = minio\n"
+        "['remote \"local\"']\n    url = ../.flywheel/dvc-remote\n"
+        f"['remote \"minio\"']\n    url = s3://{bucket}/dvc\n"
+    )
+    synthesize(path / "data" / "images", count=base_images, seed=7)
+    settings = load_settings()
+    assert settings.repo == path, (settings.repo, path)
+    entry = add_version(settings, "base")
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", f"dataset: base version {entry.version[:12]}")
+    # A remote to push versions to (what a team's git server is), next to the checkout.
+    origin = path.parent / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    run("git", "remote", "add", "origin", str(origin))
+    run("git", "push", "-q", "origin", "main")
+
+
+def incoming(bucket: str, count: int, seed: int, model_version: str) -> None:
+    """Images + sidecars in ``incoming/<date>/`` exactly as the model service stores them."""
+    import boto3
+
+    from ml_tasks.images import content_hash, encode_png
+
+    s3 = boto3.client("s3")
+    pixels, labels = synthetic_pixels(count, seed=seed)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    written = []
+    for image, label in zip(pixels, labels, strict=True):
+        data = encode_png(image)
+        digest = content_hash(data)
+        key = f"incoming/{day}/{digest[:16]}.png"
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+        sidecar = {
+            "content_hash": digest,
+            "prediction": str(label),
+            "score": 0.9,
+            "probabilities": {str(label): 0.9},
+            "model_name": "digits",
+            "model_version": model_version,
+            "request_id": digest[:8],
+            "received_at": datetime.now(UTC).isoformat(),
+            "image_key": key,
+        }
+        s3.put_object(
+            Bucket=bucket, Key=key.removesuffix(".png") + ".json", Body=json.dumps(sidecar).encode()
+        )
+        written.append(key)
+    print(json.dumps(written))
+
+
+def half_ingest() -> None:
+    """Files + ``dvc add`` + ``dvc push`` + index, then stop: a crash before the commit."""
+    from ml_tasks.annotation.ingest import apply_decisions, decide, read_annotations
+    from ml_tasks.config import load_params, load_settings
+    from ml_tasks.dataset import add_version
+    from ml_tasks.lake import open_lake
+
+    settings = load_settings()
+    lake = open_lake(settings.lake_uri)
+    classes = [str(c) for c in load_params(settings.params_path)["prepare"]["classes"]]
+    decisions, _ = decide(read_annotations(lake), classes)
+    counts = apply_decisions(settings, lake, decisions, classes)
+    entry = add_version(settings, "crashed before commit")
+    print(json.dumps({"dataset_version": entry.version, **counts}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("champion")
+    c.add_argument("--model-name", required=True)
+    r = sub.add_parser("repo")
+    r.add_argument("--path", type=Path, required=True)
+    r.add_argument("--bucket", required=True)
+    r.add_argument("--base-images", type=int, default=20)
+    i = sub.add_parser("incoming")
+    i.add_argument("--bucket", required=True)
+    i.add_argument("--count", type=int, required=True)
+    i.add_argument("--seed", type=int, required=True)
+    i.add_argument("--model-version", default="1")
+    sub.add_parser("half-ingest")
+    args = parser.parse_args()
+    if args.command == "champion":
+        champion(args.model_name)
+    elif args.command == "repo":
+        make_repo(args.path, args.bucket, args.base_images)
+    elif args.command == "incoming":
+        incoming(args.bucket, args.count, args.seed, args.model_version)
+    else:
+        half_ingest()
+
+
+if __name__ == "__main__":
+    main()

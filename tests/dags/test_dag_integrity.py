@@ -1,0 +1,113 @@
+"""Every DAG file imports cleanly, cheaply and safely (Airflow's own example-DAG checks)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((REPO / "dags").glob("*.py"))
+HEAVY = ("torch", "mlflow", "great_expectations", "kserve", "kfp", "label_studio_sdk")
+
+
+def parse_in_fresh_interpreter(path: Path) -> dict[str, object]:
+    """Import one DAG file in a new interpreter; report heavy modules, start dates, errors."""
+    code = f"""
+import json, sys, time
+from airflow.dag_processing.dagbag import DagBag
+started = time.perf_counter()
+bag = DagBag(dag_folder={str(path)!r})
+print(json.dumps({{
+    "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
+    "heavy": [m for m in {HEAVY!r} if m in sys.modules],
+    "start_dates": {{d.dag_id: d.start_date.isoformat() for d in bag.dags.values()}},
+    "dags": sorted(bag.dags),
+    "seconds": time.perf_counter() - started,
+}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_there_are_dag_files() -> None:
+    assert any(p.name == "training.py" for p in DAG_FILES)
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_without_errors_or_heavy_modules(path: Path) -> None:
+    first = parse_in_fresh_interpreter(path)
+    assert first["errors"] == {}
+    assert first["dags"], f"{path.name} defines no DAG"
+    assert first["heavy"] == [], f"{path.name} imports {first['heavy']} at parse time"
+    # A static start date parses to the same value every time (no now(), no days_ago).
+    assert parse_in_fresh_interpreter(path)["start_dates"] == first["start_dates"]
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_no_connection_or_variable_lookups_at_parse_time(path: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import BaseHook, Variable
+    from airflow.sdk.definitions.connection import Connection
+
+    refuse = mock.Mock(side_effect=AssertionError("looked up at parse time"))
+    with (
+        mock.patch.object(Connection, "get", refuse),
+        mock.patch.object(BaseHook, "get_connection", refuse),
+        mock.patch.object(Variable, "get", refuse),
+    ):
+        bag = DagBag(dag_folder=str(path))
+    assert bag.import_errors == {}
+    refuse.assert_not_called()
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dags_have_tags_docs_retries_and_static_start(path: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(path))
+    for dag in bag.dags.values():
+        assert dag.tags, f"{dag.dag_id} has no tags"
+        assert dag.doc_md, f"{dag.dag_id} has no doc_md"
+        assert dag.start_date is not None and dag.start_date.tzinfo is not None
+        assert dag.default_args.get("retries", 0) >= 2, f"{dag.dag_id}: retries < 2"
+        for task in dag.tasks:
+            assert task.retries >= 2, f"{dag.dag_id}.{task.task_id}: retries {task.retries}"
+
+
+def test_training_dag_shape_and_schedule(training_dag: object) -> None:
+    from airflow.sdk import AssetOrTimeSchedule
+    from flywheel_airflow.assets import DATASET_URI
+
+    dag = training_dag
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)  # type: ignore[attr-defined]
+    assert dag.timetable.asset_condition.uri == DATASET_URI  # type: ignore[attr-defined]
+    order = ["resolve_dataset", "prepare", "checks", "train", "validate", "register_if_better"]
+    for upstream, downstream in itertools.pairwise(order):
+        assert downstream in dag.get_task(upstream).downstream_task_ids  # type: ignore[attr-defined]
+    gate = dag.get_task("register_if_better")  # type: ignore[attr-defined]
+    assert gate.downstream_task_ids == {
+        "await_approval",
+        "registration_skipped",
+        "backfill_keeps_champion",
+    }
+    approval = dag.get_task("await_approval")  # type: ignore[attr-defined]
+    assert approval.downstream_task_ids == {"deploy", "record_rejection"}
+    # Production default: nobody answering in time means Reject.
+    assert approval.defaults == ["Reject"]
+    assert approval.response_timeout == timedelta(hours=24)
+    assert approval.options_mapping == {"Approve": "deploy", "Reject": "record_rejection"}

@@ -1,0 +1,129 @@
+"""The training DAG's gates: where a run goes after validate, who may approve, what they see."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from flywheel_airflow.gates import is_backfill, route_after_validation
+from flywheel_airflow.operators.approval import approval_body, parse_approvers
+
+REGISTERED = {
+    "registered": True,
+    "model_version": "4",
+    "reason": "beats champion v3",
+    "model_name": "digits",
+    "mlflow_run_id": "a" * 32,
+    "dataset_version": "f" * 32,
+    "new": {"accuracy": 0.95, "macro_f1": 0.94},
+    "incumbent": {
+        "alias": "champion",
+        "version": "3",
+        "run_id": "b" * 32,
+        "accuracy": 0.93,
+        "macro_f1": 0.92,
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("run_type", "run_id", "expected"),
+    [
+        ("backfill", "backfill__2026-03-01T00:00:00+00:00", True),
+        ("manual", "backfill__2026-03-01T00:00:00+00:00", True),
+        ("backfill_job", "x", False),
+        ("manual", "manual__2026-03-01", False),
+        ("scheduled", "scheduled__2026-03-01", False),
+        ("asset_triggered", "asset_triggered__2026-03-01", False),
+    ],
+)
+def test_is_backfill(run_type: str, run_id: str, expected: bool) -> None:
+    assert is_backfill(SimpleNamespace(run_type=run_type, run_id=run_id)) is expected
+
+
+def test_is_backfill_reads_the_run_type_enum() -> None:
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    assert is_backfill(SimpleNamespace(run_type=DagRunType.BACKFILL, run_id="x")) is True
+    assert is_backfill(SimpleNamespace(run_type=DagRunType.MANUAL, run_id="x")) is False
+
+
+def test_routes_after_validation() -> None:
+    assert route_after_validation(REGISTERED, backfill=False)[0] == "await_approval"
+    route, reason = route_after_validation(REGISTERED, backfill=True)
+    assert route == "backfill_keeps_champion" and "never moves champion" in reason
+    route, reason = route_after_validation(
+        {"registered": False, "reason": "accuracy 0.9 does not beat champion v3"}, backfill=False
+    )
+    assert route == "registration_skipped" and "does not beat champion v3" in reason
+
+
+def test_approval_body_compares_both_models_with_links() -> None:
+    body = approval_body(REGISTERED, "http://mlflow.example")
+    assert "| accuracy | 0.9500 | 0.9300 |" in body
+    assert "| macro F1 | 0.9400 | 0.9200 |" in body
+    assert f"http://mlflow.example/#/runs/{'a' * 32}" in body
+    assert f"http://mlflow.example/#/runs/{'b' * 32}" in body
+    assert "champion v3" in body and "digits v4" in body
+    first = approval_body({**REGISTERED, "incumbent": None}, None)
+    assert "no champion yet" in first and "`" + "a" * 32 + "`" in first
+
+
+def test_parse_approvers() -> None:
+    assert parse_approvers("alice:Alice Doe, bob;") == [
+        {"id": "alice", "name": "Alice Doe"},
+        {"id": "bob", "name": "bob"},
+    ]
+    assert parse_approvers("") == []
+
+
+def test_no_answer_in_time_is_recorded_as_a_timeout_reject() -> None:
+    """The scheduler's timeout sweep resumes the gate with the defaults and no responder."""
+    import contextlib
+    from datetime import UTC, datetime
+    from unittest import mock
+
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG
+    from airflow.sdk.exceptions import DownstreamTasksSkipped
+    from flywheel_airflow.operators.approval import ApprovalGate
+
+    with DAG("gate_test", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
+        gate = ApprovalGate(
+            task_id="await_approval",
+            decision_task_id="validate",
+            approve_task_id="deploy",
+            reject_task_id="record_rejection",
+            approvers=[{"id": "alice", "name": "Alice"}],
+        )
+        gate >> [EmptyOperator(task_id="deploy"), EmptyOperator(task_id="record_rejection")]
+    assert gate.defaults == ["Reject"]
+    pushed: dict[str, object] = {}
+    ti = mock.Mock(task_id="await_approval", task=gate)
+    ti.xcom_pull.return_value = REGISTERED
+    ti.xcom_push.side_effect = lambda key, value: pushed.__setitem__(key, value)
+    context = {
+        "ti": ti,
+        "task_instance": ti,
+        "task": gate,
+        "dag_run": mock.Mock(dag_id="gate_test", run_id="manual__1"),
+    }
+    event = {
+        "chosen_options": ["Reject"],
+        "params_input": {},
+        "timedout": True,
+        "responded_at": datetime(2026, 1, 2, tzinfo=UTC),
+        "responded_by_user": None,
+    }
+    # Airflow 3 skips the deploy branch by raising.
+    with mock.patch("ml_tasks.events.emit") as emit, contextlib.suppress(DownstreamTasksSkipped):
+        gate.execute_complete(context, event)
+    assert pushed["decision"] == {
+        "choice": "Reject",
+        "approved": False,
+        "who": "timeout",
+        "timed_out": True,
+        "model_version": "4",
+    }
+    assert emit.call_args.kwargs["decision"] == "reject"
+    assert emit.call_args.kwargs["who"] == "timeout"

@@ -1,0 +1,200 @@
+"""A model trained and registered in the test, and the real model server run on it.
+
+The model comes from MLflow as in production: trained with ``ml_tasks.train.fit`` on the real
+8x8 digits, logged with ``mlflow.pytorch`` the way ``ml_tasks/train.py`` logs it (pickle
+format, classes and image size in the metadata), registered as ``digits`` with the alias
+``champion`` in a SQLite store; the server subprocess loads ``models:/digits@champion``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.servers import REPO, free_port, steps_python, stop, wait_for_http
+
+MODEL_NAME = "digits"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    tracking_uri: str
+    uri: str
+    version: str
+    classes: list[str]
+    test_images: np.ndarray
+    """uint8 (N, 8, 8) digits the model did not train on."""
+
+
+def train_and_register(root: Path, epochs: int = 4) -> RegisteredModel:
+    """Fit a small CNN on the digits and register it as ``digits@champion`` under ``root``."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_digits
+
+    from ml_tasks.train import PreparedData, fit
+
+    digits = load_digits()
+    x = np.rint(digits.images / 16.0 * 255.0).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    split = rng.choice(np.array(["train", "val", "test"]), size=len(x), p=[0.7, 0.15, 0.15])
+    classes = [str(c) for c in range(10)]
+    data = PreparedData(
+        x=(x / 255.0).astype(np.float32),
+        y=digits.target.astype(np.int64),
+        split=split,
+        classes=classes,
+    )
+    hp = {
+        "epochs": epochs,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+        "weight_decay": 0.0,
+        "channels": 8,
+        "hidden": 32,
+        "seed": 0,
+    }
+    model, _ = fit(data, hp, progress=False)
+    model.eval()
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment = mlflow.create_experiment("serve-tests", artifact_location=(root / "art").as_uri())
+    example = data.part("val")[0][:3][:, None, :, :]
+    with torch.inference_mode():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            serialization_format="pickle",
+            registered_model_name=MODEL_NAME,
+            metadata={"classes": classes, "image_size": 8},
+        )
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", version)
+    return RegisteredModel(
+        tracking_uri=tracking_uri,
+        uri=f"models:/{MODEL_NAME}@champion",
+        version=version,
+        classes=classes,
+        test_images=x[split == "test"],
+    )
+
+
+@pytest.fixture(scope="session")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> RegisteredModel:
+    return train_and_register(tmp_path_factory.mktemp("serve-model"))
+
+
+@pytest.fixture(scope="session")
+def classifier(registered: RegisteredModel) -> Any:
+    """The same registered model, evaluated in this process: what the server must agree with."""
+    import mlflow
+
+    from ml_tasks.model import load_classifier
+
+    mlflow.set_tracking_uri(registered.tracking_uri)
+    mlflow.set_registry_uri(registered.tracking_uri)
+    return load_classifier(registered.uri)
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    home: Path
+    log: Path
+
+    def post(
+        self, path: str, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """POST JSON (or ``raw`` bytes); returns status and the decoded JSON answer."""
+        data = raw if raw is not None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def metric(self, name: str) -> float:
+        """The value of an unlabelled sample on ``/metrics`` (0 when absent)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return 0.0
+
+    def events(self) -> list[dict[str, Any]]:
+        from ml_tasks.events import read_events
+
+        return read_events(self.home / "logs" / "events.jsonl")
+
+
+@contextmanager
+def model_server(
+    workdir: Path, registered: RegisteredModel, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """``python -m ml_tasks.serve`` on a free loopback port, stopped (SIGTERM) afterwards."""
+    port = free_port()
+    home = workdir / "home"
+    log_path = workdir / "server.log"
+    full_env = {
+        **os.environ,
+        "FLYWHEEL_HOME": str(home),
+        "MLFLOW_TRACKING_URI": registered.tracking_uri,
+        "FLYWHEEL_LAKE_URI": (workdir / "lake").as_uri(),
+        **(env or {}),
+    }
+    full_env.pop("FLYWHEEL_LOG_PATH", None)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [steps_python(), "-m", "ml_tasks.serve", "--http-port", str(port), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{url}/v2/health/ready", timeout=120, proc=proc)
+            yield Server(url=url, proc=proc, home=home, log=log_path)
+        except Exception:
+            print(log_path.read_text()[-4000:])
+            raise
+        finally:
+            stop(proc)
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, every: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(every)
+        value = predicate()
+    assert value, f"condition not met within {timeout}s"
+    return value
