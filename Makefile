@@ -53,8 +53,8 @@ envs: steps-env orchestrator-env  ## create both environments
 chain: steps-env  ## run the four steps back to back, without Airflow
 	$(STEPS_PY) -m ml_tasks.chain
 
-demo: envs  ## run the main job on the embedded default
-	$(STEPS_PY) -m ml_tasks.chain
+demo: envs  ## run the main job on the embedded default: the training DAG under `airflow dags test`
+	$(ORCH_PY) -m flywheel_airflow.demo
 
 lint: envs  ## ruff and mypy (the steps code in its environment, the Airflow code in its own)
 	$(STEPS)/bin/ruff check .

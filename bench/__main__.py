@@ -30,9 +30,8 @@ def run_module(name: str) -> list[Row]:
             [orchestrator_python(), "-m", f"bench.{name}", "--json"],
             stdout=subprocess.PIPE,
             text=True,
-            check=True,
             cwd=HERE.parent,
-        )
+        )  # exit 1 means a target was missed: the rows still say which
         rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])
         return rows
     result: list[Row] = module.run()

@@ -30,25 +30,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.table import Row, render
+from bench.table import row as table_row
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
+ENVIRONMENT = "orchestrator"
 TARGET_OVERHEAD = 1.3
 
 
-def row(
-    benchmark: str, measure: str, value: float, baseline: float, target: float
-) -> dict[str, Any]:
+def row(benchmark: str, measure: str, value: float, baseline: float, target: float) -> Row:
     ratio = value / baseline if baseline else float("inf")
-    return {
-        "benchmark": benchmark,
-        "measure": measure,
-        "value": round(value, 3),
-        "baseline": round(baseline, 3),
-        "ratio": round(ratio, 3),
-        "target": target,
-        "ok": ratio <= target,
-    }
+    return table_row(
+        benchmark, measure, round(value, 3), round(baseline, 3), f"<= {target}", ratio <= target
+    )
 
 
 def run_plain(env: dict[str, str], python: str) -> float:
@@ -149,7 +145,7 @@ print(json.dumps({"sdk": sdk, "parse": time.perf_counter() - started,
 """
 
 
-def parse_rows(env: dict[str, str]) -> list[dict[str, Any]]:
+def parse_rows(env: dict[str, str]) -> list[Row]:
     rows = []
     for path in sorted((REPO / "dags").glob("*.py")):
         done = subprocess.run(
@@ -174,7 +170,7 @@ def parse_rows(env: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
-def run() -> list[dict[str, Any]]:
+def run() -> list[Row]:
     from flywheel_airflow.demo import (
         APPROVER,
         airflow_cli,
@@ -231,13 +227,18 @@ def run() -> list[dict[str, Any]]:
     return rows
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    keys = ["benchmark", "measure", "value", "baseline", "ratio", "target", "ok"]
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys))
+def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.orchestration", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    rows = run()
+    print(json.dumps(rows) if args.json else render(rows))
+    return 0 if all(r["ok"] is not False for r in rows) else 1
 
 
 if __name__ == "__main__":
-    print_table(run())
+    sys.exit(main())
