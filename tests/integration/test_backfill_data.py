@@ -95,7 +95,8 @@ def test_two_backfill_dates_train_on_the_two_versions_current_then(tmp_path: Pat
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     for as_of, (version, _, run_id) in trained.items():
         tags = client.get_run(run_id).data.tags
         assert tags["flywheel.dataset_version"] == version

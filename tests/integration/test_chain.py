@@ -42,7 +42,9 @@ def test_fresh_clone_chain_registers_a_challenger_then_nothing_new(env: dict[str
 
     committed = yaml.safe_load((Path(env["FLYWHEEL_REPO"]) / "data/images.dvc").read_text())
     version = committed["outs"][0]["md5"].removesuffix(".dir")
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    # both URIs: an in-process test may have set MLflow's global registry URI elsewhere
+    url = env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
     mv = client.get_model_version_by_alias("digits", "challenger")
     assert mv.version == "1"
     assert mv.tags["flywheel.dataset_version"] == version
