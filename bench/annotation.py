@@ -65,7 +65,7 @@ def train_champion(model_name: str) -> str:
     import numpy as np
     from mlflow import MlflowClient
 
-    from ml_tasks.train import PreparedData, fit
+    from ml_tasks.train import PreparedData, fit, log_classifier
 
     rng = np.random.default_rng(0)
     y = np.arange(400) % 10
@@ -86,13 +86,7 @@ def train_champion(model_name: str) -> str:
     model, _ = fit(data, hp, progress=False)
     model.eval()
     with mlflow.start_run():
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            serialization_format="pickle",
-            metadata={"classes": data.classes, "image_size": 8},
-            registered_model_name=model_name,
-        )
+        info = log_classifier(model, data, registered_model_name=model_name)
     version = str(info.registered_model_version)
     MlflowClient().set_registered_model_alias(model_name, "champion", version)
     return version

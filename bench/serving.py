@@ -48,11 +48,9 @@ def register_model(root: Path) -> tuple[str, np.ndarray]:
     """Train and register the model; returns the tracking URI and uint8 test digits."""
     import mlflow
     import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
     from sklearn.datasets import load_digits
 
-    from ml_tasks.train import PreparedData, fit
+    from ml_tasks.train import PreparedData, fit, log_classifier
 
     digits = load_digits()
     x = np.rint(digits.images / 16.0 * 255.0).astype(np.uint8)
@@ -78,19 +76,8 @@ def register_model(root: Path) -> tuple[str, np.ndarray]:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     experiment = mlflow.create_experiment("bench", artifact_location=(root / "art").as_uri())
-    example = data.part("val")[0][:3][:, None, :, :]
-    with torch.inference_mode():
-        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
     with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example,
-            serialization_format="pickle",
-            registered_model_name=MODEL,
-            metadata={"classes": classes, "image_size": 8},
-        )
+        info = log_classifier(model, data, registered_model_name=MODEL)
     mlflow.MlflowClient().set_registered_model_alias(
         MODEL, "champion", str(info.registered_model_version)
     )

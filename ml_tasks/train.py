@@ -129,7 +129,6 @@ def train(
 ) -> dict[str, Any]:
     import mlflow
     import mlflow.pytorch
-    from mlflow.models import infer_signature
 
     from ml_tasks.tracking import lineage_tags, use_mlflow
 
@@ -160,23 +159,7 @@ def train(
             progress=progress,
             on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
         )
-        model.eval()
-        example = data.part("val")[0][:5][:, None, :, :].astype(np.float32)
-        import torch
-
-        with torch.inference_mode():
-            signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example,
-            serialization_format="pickle",
-            metadata={"classes": data.classes, "image_size": int(data.x.shape[1])},
-            # Named, not inferred: inference runs the model in a subprocess to capture its
-            # imports, which costs seconds per run and guesses no better than this list.
-            pip_requirements=model_requirements(),
-        )
+        info = log_classifier(model, data)
         mlflow.set_tag("flywheel.model_uri", info.model_uri)
         final = history[-1]
         events.emit(
@@ -195,6 +178,35 @@ def train(
             "val_accuracy": final["val_accuracy"],
             "val_loss": final["val_loss"],
         }
+
+
+def log_classifier(model: Any, data: PreparedData, registered_model_name: str | None = None) -> Any:
+    """Log a trained model to the active MLflow run the way every consumer loads it back.
+
+    Pickle format (a plain module; MLflow's default pt2 export cannot ``.eval()``), the class
+    names and image size as model metadata (read by ``ml_tasks.model.load_classifier``), a
+    signature and an input example. Returns MLflow's ``ModelInfo``.
+    """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    model.eval()
+    example = data.part("val")[0][:5][:, None, :, :].astype(np.float32)
+    with torch.inference_mode():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    return mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        serialization_format="pickle",
+        metadata={"classes": data.classes, "image_size": int(data.x.shape[1])},
+        # Named, not inferred: inference runs the model in a subprocess to capture its
+        # imports, which costs seconds per run and guesses no better than this list.
+        pip_requirements=model_requirements(),
+        registered_model_name=registered_model_name,
+    )
 
 
 def model_requirements() -> list[str]:

@@ -46,7 +46,7 @@ def champion(model_name: str) -> None:
     import mlflow.pytorch
     from mlflow import MlflowClient
 
-    from ml_tasks.train import PreparedData, fit
+    from ml_tasks.train import PreparedData, fit, log_classifier
 
     x, y = synthetic_pixels(600, seed=1)
     split = np.where(np.arange(len(y)) % 7 == 0, "val", "train")  # every class in both
@@ -66,13 +66,7 @@ def champion(model_name: str) -> None:
     model.eval()
     mlflow.set_experiment("annotation-tests")
     with mlflow.start_run():
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            serialization_format="pickle",
-            metadata={"classes": data.classes, "image_size": 8},
-            registered_model_name=model_name,
-        )
+        info = log_classifier(model, data, registered_model_name=model_name)
     client = MlflowClient()
     version = info.registered_model_version
     client.set_registered_model_alias(model_name, "champion", str(version))
