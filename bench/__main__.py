@@ -45,10 +45,10 @@ def main() -> int:
         if m.name not in {"table"} and not m.name.startswith("_")
     )
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument(
-        "names", nargs="*", choices=[[], *names], help="benchmarks to run (default: all)"
-    )
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {names})")
     args = parser.parse_args()
+    if unknown := set(args.names) - set(names):
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {names}")
     rows: list[Row] = []
     for name in args.names or names:
         print(f"running bench.{name} ...", file=sys.stderr, flush=True)

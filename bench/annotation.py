@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,30 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.table import Row, render, row
+from ml_tasks.local_servers import free_port, wait_for_http
 
 ENVIRONMENT = "steps"
 TARGET = 200.0
 SPLITS: dict[str, float] = {}  # seconds per step of the warm run, printed with the table
 BUCKET = "bench-lake"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 def train_champion(model_name: str) -> str:
@@ -225,7 +206,7 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
                     "LABEL_STUDIO_API_KEY": server.token,
                 }
             )
-            wait_http(endpoint, 30)
+            wait_for_http(endpoint, 30)
             s3 = boto3.client("s3")
             s3.create_bucket(Bucket=BUCKET)
             import mlflow

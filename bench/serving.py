@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.table import Row, render, row
+from ml_tasks.local_servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bench-digits"
@@ -84,20 +85,12 @@ def register_model(root: Path) -> tuple[str, np.ndarray]:
     return tracking_uri, x[split == "test"][:64]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _server(command: list[str], env: dict[str, str], health: str, log: Path) -> Iterator[int]:
     """A server subprocess on a free loopback port (``{port}`` in ``command``); yields the port."""
     import signal
 
-    port = _free_port()
+    port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [c.replace("{port}", str(port)) for c in command],

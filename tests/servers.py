@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ml_tasks.local_servers import free_port
+from ml_tasks.local_servers import wait_for_http as shared_wait
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def steps_python() -> str:
@@ -35,19 +29,7 @@ def steps_python() -> str:
 
 
 def wait_for_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError as exc:
-            last = exc
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not healthy after {timeout}s: {last}")
+    shared_wait(url, timeout, alive=None if proc is None else lambda: proc.poll() is None)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

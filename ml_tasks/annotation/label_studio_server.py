@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ml_tasks.local_servers import free_port
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_USERNAME = "admin@flywheel.local"
@@ -84,12 +85,6 @@ def install(*, python: str = "python3") -> Path:
     if not binary.exists():
         raise LabelStudioError(f"pip finished but {binary} is missing")
     return binary
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def new_token() -> str:

@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ml_tasks.local_servers import free_port
+
 CODE_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "training"
 APPROVER = "demo-approver"
@@ -46,12 +47,6 @@ APPROVER_NAME = "Demo Approver"
 SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def steps_python() -> str:
