@@ -89,7 +89,9 @@ def run_plain(env: dict[str, str], python: str) -> float:
 
 
 def run_airflow(env: dict[str, str], airflow_home: Path, passwords: dict[str, str]) -> float:
-    from flywheel_airflow.demo import APPROVER, DAG_ID, AirflowApi, api_server, stop
+    from flywheel_airflow.demo import APPROVER, DAG_ID, AirflowApi, api_server
+
+    from ml_tasks.local_servers import stop_process_group
 
     with api_server(env, airflow_home / "logs" / "api-server.log") as url:
         api = AirflowApi(url, passwords)
@@ -108,7 +110,7 @@ def run_airflow(env: dict[str, str], airflow_home: Path, passwords: dict[str, st
             api.answer(detail, APPROVER, "Approve")
             code = test.wait()
         finally:
-            stop(test)
+            stop_process_group(test)
         elapsed = time.perf_counter() - started
         runs = api.call("GET", f"/dags/{DAG_ID}/dagRuns?order_by=-start_date&limit=1", "admin")
         run = runs["dag_runs"][0]

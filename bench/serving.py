@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.table import Row, render, row
-from ml_tasks.local_servers import free_port
+from ml_tasks.local_servers import free_port, wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bench-digits"
@@ -101,17 +101,12 @@ def _server(command: list[str], env: dict[str, str], health: str, log: Path) -> 
             start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{command[:4]} exited: {log.read_text()[-2000:]}")
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{command[:4]} not healthy") from None
-                    time.sleep(0.3)
+            try:
+                wait_for_http(
+                    f"http://127.0.0.1:{port}{health}", 180, alive=lambda: proc.poll() is None
+                )
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{command[:4]}: {exc}: {log.read_text()[-2000:]}") from exc
             yield port
         finally:
             if proc.poll() is None:

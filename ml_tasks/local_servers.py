@@ -5,7 +5,10 @@ Standard library only, so the orchestrator environment can use it too.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -33,3 +36,14 @@ def wait_for_http(url: str, timeout: float, alive: Callable[[], bool] | None = N
             last = exc
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s: {last}")
+
+
+def stop_process_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """Stop a server started with ``start_new_session=True`` and everything it spawned."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

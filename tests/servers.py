@@ -7,14 +7,13 @@ interpreter (``FLYWHEEL_STEPS_PYTHON``), the S3 endpoint is moto's threaded serv
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ml_tasks.local_servers import free_port
+from ml_tasks.local_servers import free_port, stop_process_group
 from ml_tasks.local_servers import wait_for_http as shared_wait
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,13 +33,7 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop a server and everything it spawned (it runs in its own process group)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_process_group(proc)
 
 
 @contextmanager

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ml_tasks.local_servers import free_port
+from ml_tasks.local_servers import free_port, stop_process_group, wait_for_http
 
 CODE_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "training"
@@ -123,17 +122,6 @@ def airflow_cli(
     return done
 
 
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """Stop a process we started and everything it spawned (its own process group)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @contextmanager
 def api_server(env: Mapping[str, str], log_path: Path) -> Iterator[str]:
     """``airflow api-server`` on a free port of 127.0.0.1; yields its base URL."""
@@ -159,22 +147,15 @@ def api_server(env: Mapping[str, str], log_path: Path) -> Iterator[str]:
             start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"api-server exited with {proc.returncode}; see {log_path}")
-                try:
-                    with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"api-server not healthy after 120 s; see {log_path}"
-                        ) from None
-                    time.sleep(0.5)
+            try:
+                wait_for_http(
+                    f"{url}/api/v2/monitor/health", 120, alive=lambda: proc.poll() is None
+                )
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"api-server did not start: {exc}; see {log_path}") from exc
             yield url
         finally:
-            stop(proc)
+            stop_process_group(proc)
 
 
 class ApiError(RuntimeError):
@@ -323,7 +304,7 @@ def run_demo(*, answer: str = "Approve", conf: dict[str, Any] | None = None) -> 
                 api.answer(detail, APPROVER, answer)
             code = test.wait()
         finally:
-            stop(test)
+            stop_process_group(test)
         runs = api.call("GET", f"/dags/{DAG_ID}/dagRuns?order_by=-start_date&limit=1", "admin")
         run = runs["dag_runs"][0]
         states = api.task_states(DAG_ID, run["dag_run_id"], "admin")
