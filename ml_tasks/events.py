@@ -93,8 +93,9 @@ def emit(action: str, *, level: str = "info", **fields: Any) -> dict[str, Any]:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """All events in a log file, skipping (and counting) lines that are not JSON."""
+    """All events in a log file; lines that are not JSON objects are skipped and counted."""
     events: list[dict[str, Any]] = []
+    unreadable = 0
     if not path.exists():
         return events
     with path.open(encoding="utf-8") as fh:
@@ -105,7 +106,12 @@ def read_events(path: Path) -> list[dict[str, Any]]:
             try:
                 parsed = json.loads(line)
             except json.JSONDecodeError:
+                unreadable += 1  # e.g. a line cut short by a crash mid-write
                 continue
             if isinstance(parsed, dict):
                 events.append(parsed)
+            else:
+                unreadable += 1
+    if unreadable:
+        print(f"warning: {unreadable} unreadable line(s) in {path} were skipped", file=sys.stderr)
     return events

@@ -45,3 +45,12 @@ def test_read_events_returns_what_was_written(tmp_path: Path) -> None:
     for i in range(3):
         events.emit("step", i=i)
     assert [e["i"] for e in events.read_events(log)] == [0, 1, 2]
+
+
+def test_unreadable_lines_are_counted_not_fatal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "events.jsonl"
+    log.write_text('{"action": "a"}\n{"action": "cut sho\n[1, 2]\n{"action": "b"}\n')
+    assert [e["action"] for e in events.read_events(log)] == ["a", "b"]
+    assert "2 unreadable line(s)" in capsys.readouterr().err
