@@ -141,15 +141,7 @@ def promote(
             dataset_version=dataset_version,
             reason="approved",
         )
-    if alias_version(client, name, CHALLENGER) == model_version:
-        client.delete_registered_model_alias(name, CHALLENGER)
-        events.emit(
-            "alias_removed",
-            alias=CHALLENGER,
-            model_version=model_version,
-            who=approved_by,
-            reason="promoted to champion",
-        )
+    drop_challenger(client, name, model_version, who=approved_by, reason="promoted to champion")
     events.emit(
         "deployed",
         model_version=model_version,
@@ -172,6 +164,15 @@ def promote(
     }
 
 
+def drop_challenger(client: Any, name: str, model_version: str, *, who: str, reason: str) -> None:
+    """Version N is no longer pending: remove ``challenger`` if it still points at N (audited)."""
+    if alias_version(client, name, CHALLENGER) == model_version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+        events.emit(
+            "alias_removed", alias=CHALLENGER, model_version=model_version, who=who, reason=reason
+        )
+
+
 def reject(
     settings: Settings,
     model_version: str,
@@ -187,15 +188,7 @@ def reject(
     client.set_model_version_tag(name, model_version, TAG_APPROVAL, "rejected")
     client.set_model_version_tag(name, model_version, "flywheel.rejected_by", rejected_by)
     client.set_model_version_tag(name, model_version, "flywheel.rejection_reason", reason)
-    if alias_version(client, name, CHALLENGER) == model_version:
-        client.delete_registered_model_alias(name, CHALLENGER)
-        events.emit(
-            "alias_removed",
-            alias=CHALLENGER,
-            model_version=model_version,
-            who=rejected_by,
-            reason="rejected",
-        )
+    drop_challenger(client, name, model_version, who=rejected_by, reason="rejected")
     events.emit(
         "rejection_recorded",
         model_version=model_version,
