@@ -53,13 +53,15 @@ def run_plain(env: dict[str, str], python: str) -> float:
 
         def step(name: str, *args: str) -> dict[str, Any]:
             out = Path(tmp) / f"{name}-{len(list(Path(tmp).iterdir()))}.json"
-            subprocess.run(
+            done = subprocess.run(
                 [python, "-m", f"ml_tasks.{name}", *args, "--result-path", str(out)],
                 env=env,
-                check=True,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
+            if done.returncode != 0:
+                raise RuntimeError(f"step {name} failed: {done.stderr[-3000:]}")
             loaded: dict[str, Any] = json.loads(out.read_text())
             return loaded
 
