@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.table import Row, render, row
-from ml_tasks.local_servers import free_port, wait_for_http
+from ml_tasks.local_servers import free_port, stop_process_group, wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bench-digits"
@@ -88,7 +88,6 @@ def register_model(root: Path) -> tuple[str, np.ndarray]:
 @contextmanager
 def _server(command: list[str], env: dict[str, str], health: str, log: Path) -> Iterator[int]:
     """A server subprocess on a free loopback port (``{port}`` in ``command``); yields the port."""
-    import signal
 
     port = free_port()
     with log.open("wb") as out:
@@ -109,13 +108,7 @@ def _server(command: list[str], env: dict[str, str], health: str, log: Path) -> 
                 raise RuntimeError(f"{command[:4]}: {exc}: {log.read_text()[-2000:]}") from exc
             yield port
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_process_group(proc)
 
 
 def _request(port: int, path: str, payload: Any) -> bytes:
