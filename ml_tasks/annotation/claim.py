@@ -246,7 +246,14 @@ def move_images(
         ]
         for src, dst in pairs:
             if src in listing:
-                store.copy_verified(src, dst, listing[src])
+                try:
+                    store.copy_verified(src, dst, listing[src])
+                except Exception:
+                    # Our listing is older than our marker: another run may have claimed,
+                    # moved and released this image in between. Gone means theirs, not lost.
+                    if store.lake.exists(src):
+                        raise
+                    return None
             elif dst not in already:
                 return None  # taken and finished by another run before our marker
         return {"source": source, "image": pairs[0][1], "sidecar": pairs[1][1], "name": name}
