@@ -9,11 +9,14 @@ Secrets and the tests set alike.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 
@@ -27,6 +30,7 @@ class Lake(Protocol):
     def url(self, key: str) -> str: ...
     def read_bytes(self, key: str) -> bytes: ...
     def write_bytes(self, key: str, data: bytes) -> None: ...
+    def writer(self, key: str) -> AbstractContextManager[BinaryIO]: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def copy(self, src: str, dst: str) -> None: ...
@@ -62,6 +66,22 @@ class LocalLake:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """A file to write ``key`` through (large arrays: no copy in memory first).
+
+        The object appears, atomically, only when the block ends without an error.
+        """
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with tmp.open("wb") as fh:
+                yield fh
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -128,6 +148,13 @@ class S3Lake:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """A buffer uploaded as ``key`` when the block ends without an error."""
+        buffer = io.BytesIO()
+        yield buffer
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=buffer.getvalue())
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None

@@ -23,6 +23,7 @@ import json
 import os
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,89 +98,262 @@ def split_of(hash_hex: str, fractions: dict[str, float]) -> str:
     return SPLITS[-1]
 
 
-class DecodeCache:
-    """Decoded pixels (and decode failures) by content hash, stored as append-only shards."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
-    def __init__(self, folder: Path) -> None:
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def splits_of(hashes: list[str], fractions: dict[str, float]) -> list[str]:
+    """:func:`split_of` for many hashes at once (the same answers, a fraction of the time)."""
+    if not hashes:
+        return []
+    lut = np.zeros(256, np.uint64)
+    lut[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint64)
+    lut[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint64)
+    digits = lut[np.frombuffer(np.array(hashes, dtype="S8").tobytes(), np.uint8).reshape(-1, 8)]
+    points = (digits << (4 * np.arange(7, -1, -1, dtype=np.uint64))).sum(axis=1) / 0x1_0000_0000
+    edges = np.cumsum([float(fractions[name]) for name in SPLITS])
+    which = np.minimum(np.searchsorted(edges, points, side="right"), len(SPLITS) - 1)
+    names = np.array(SPLITS)
+    return list(names[which].tolist())
+
+
+class DecodeCache:
+    """Decoded pixels (and decode failures) by content hash, stored as append-only shards.
+
+    Held as one array plus a hash -> row map, not a dict of small arrays: a re-run gathers its
+    thousands of cached images with one fancy index instead of a Python loop. When more than
+    ``MAX_SHARDS`` shards have piled up (one per run that decoded something), they are merged.
+    """
+
+    MAX_SHARDS = 16
+
+    def __init__(self, folder: Path, size: int) -> None:
         self.folder = folder
-        self.pixels: dict[str, np.ndarray] = {}
-        self.bad: dict[str, tuple[str, str]] = {}
-        self._new_pixels: dict[str, np.ndarray] = {}
-        self._new_bad: dict[str, tuple[str, str]] = {}
+        self.size = size
+        self.rows: dict[str, int] = {}  # content hash -> row of the pixel array
+        self.bad: dict[str, tuple[str, str]] = {}  # content hash -> (reason, detail)
+        self._blocks: list[np.ndarray] = []  # (n, size, size) uint8 arrays, in row order
+        self._count = 0
+        self.fresh: list[str] = []  # decoded by this run, not saved yet
+        self._fresh_bad: dict[str, tuple[str, str]] = {}
+        self._shards: list[Path] = []
 
     def load(self) -> DecodeCache:
         if self.folder.exists():
             for shard in sorted(self.folder.glob("*.npz")):
-                with np.load(shard) as data:
-                    self.pixels.update(zip(data["hashes"].tolist(), data["pixels"], strict=True))
+                try:
+                    with np.load(shard) as data:
+                        self._append(data["hashes"].tolist(), data["pixels"])
+                except FileNotFoundError:  # merged away by a concurrent run: a cache miss
+                    continue
+                self._shards.append(shard)
             for shard in sorted(self.folder.glob("*.bad.json")):
-                for h, (reason, detail) in json.loads(shard.read_text()).items():
+                try:
+                    loaded = json.loads(shard.read_text())
+                except FileNotFoundError:
+                    continue
+                for h, (reason, detail) in loaded.items():
                     self.bad[h] = (reason, detail)
         return self
 
-    def load_hashes(self) -> dict[str, list[Any]]:
-        """Content hashes of files seen before, by path, with the size and mtime they had.
+    def _append(self, hashes: list[str], pixels: np.ndarray) -> None:
+        self.rows.update(zip(hashes, range(self._count, self._count + len(hashes)), strict=True))
+        self._blocks.append(pixels)
+        self._count += len(hashes)
 
-        Like git's index: an unchanged file (same size and mtime) is not read again, so a
-        re-run over a grown dataset costs a ``stat`` per old file, not a read and a hash.
-        """
-        path = self.folder.parent / "file-hashes.json"
-        loaded: dict[str, list[Any]] = json.loads(path.read_text()) if path.exists() else {}
-        return loaded
-
-    def save_hashes(self, hashes: dict[str, list[Any]]) -> None:
-        path = self.folder.parent / "file-hashes.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(hashes, separators=(",", ":")))
-        tmp.replace(path)
+    def __contains__(self, hash_hex: str) -> bool:
+        return hash_hex in self.rows or hash_hex in self.bad
 
     def add(self, hash_hex: str, pixels: np.ndarray) -> None:
-        self.pixels[hash_hex] = self._new_pixels[hash_hex] = pixels
+        self._append([hash_hex], pixels[None])
+        self.fresh.append(hash_hex)
 
     def add_bad(self, hash_hex: str, reason: str, detail: str) -> None:
-        self.bad[hash_hex] = self._new_bad[hash_hex] = (reason, detail)
+        self.bad[hash_hex] = self._fresh_bad[hash_hex] = (reason, detail)
+
+    def gather(self, hashes: list[str]) -> np.ndarray:
+        """The pixels of ``hashes`` (each decoded before), as one ``(n, size, size)`` array."""
+        if not hashes:
+            return np.zeros((0, self.size, self.size), np.uint8)
+        if len(self._blocks) > 1:
+            self._blocks = [np.concatenate(self._blocks)]
+        rows = self.rows
+        return self._blocks[0][[rows[h] for h in hashes]]
 
     def save(self) -> None:
-        """Write what this run decoded as one new shard (atomically)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Write what this run decoded as one new shard; merge the shards when there are many."""
         name = uuid.uuid4().hex
-        if self._new_pixels:
-            buffer = io.BytesIO()
-            np.savez(
-                buffer,
-                hashes=np.array(list(self._new_pixels)),
-                pixels=np.stack(list(self._new_pixels.values())),
+        if self.fresh:
+            shard = self.folder / f"{name}.npz"
+            write_atomic(
+                shard, npz_bytes(hashes=np.array(self.fresh), pixels=self.gather(self.fresh))
             )
-            tmp = self.folder / f".{name}.tmp"
-            tmp.write_bytes(buffer.getvalue())
-            tmp.replace(self.folder / f"{name}.npz")
-        if self._new_bad:
-            tmp = self.folder / f".{name}.bad.tmp"
-            tmp.write_text(json.dumps(self._new_bad))
-            tmp.replace(self.folder / f"{name}.bad.json")
-        self._new_pixels, self._new_bad = {}, {}
+            self._shards.append(shard)
+        if self._fresh_bad:
+            write_atomic(self.folder / f"{name}.bad.json", json.dumps(self._fresh_bad).encode())
+        self.fresh, self._fresh_bad = [], {}
+        if len(self._shards) > self.MAX_SHARDS:
+            self.compact()
+
+    def compact(self) -> None:
+        """One shard with every cached image instead of many; written before the old go."""
+        hashes = list(self.rows)
+        merged = self.folder / f"{uuid.uuid4().hex}.npz"
+        write_atomic(merged, npz_bytes(hashes=np.array(hashes), pixels=self.gather(hashes)))
+        for shard in self._shards:
+            shard.unlink(missing_ok=True)
+        self._shards = [merged]
 
 
-def list_images(folder: Path) -> list[tuple[str, str, str | None]]:
-    """Every file under ``folder`` as (path, relative path, class folder or None), sorted.
+class FileIndex:
+    """The content hash each file had at a given size and mtime, per dataset folder.
 
-    ``os.walk`` rather than ``Path.rglob``: on large datasets listing is a visible share of
-    an incremental run, and plain strings are several times cheaper than Path objects.
+    Like git's index: a file whose size and mtime are unchanged is not read again, so a re-run
+    over a grown dataset costs one ``stat`` per old file, not a read and a hash. One small
+    ``.npz`` per folder, rewritten with the folder's current files after every run.
     """
-    found = []
-    root = str(folder)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = os.path.relpath(dirpath, root)
-        depth = 0 if rel_dir == "." else rel_dir.count(os.sep) + 1
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            rel = name if depth == 0 else f"{rel_dir}/{name}".replace(os.sep, "/")
-            found.append((f"{dirpath}/{name}", rel, rel_dir if depth == 1 else None))
-    found.sort(key=lambda item: item[1])
-    return found
+
+    def __init__(self, cache_dir: Path, folder: Path) -> None:
+        key = content_hash(str(folder.resolve()).encode())[:16]
+        self.path = cache_dir / "file-index" / f"{key}.npz"
+
+    def load(self) -> dict[str, tuple[int, int, str]]:
+        """Relative path -> (size, mtime in ns, content hash)."""
+        try:
+            with np.load(self.path) as data:
+                rels = data["rels"].tobytes().decode().split("\n")
+                joined = data["hashes"].tobytes().decode()
+                sizes, mtimes = data["sizes"].tolist(), data["mtimes"].tolist()
+        except (FileNotFoundError, OSError, KeyError, ValueError):
+            return {}  # no index yet, or an unreadable one: hash every file again
+        if len(sizes) != len(rels) or len(joined) != 64 * len(rels):
+            return {}
+        hashes = [joined[i : i + 64] for i in range(0, len(joined), 64)]
+        return dict(zip(rels, zip(sizes, mtimes, hashes, strict=True), strict=True))
+
+    def save(self, scan: Scan) -> None:
+        """Paths and hashes as one text blob each: a few ms for 100k files, not 100 ms."""
+        if not scan.rels:
+            self.path.unlink(missing_ok=True)
+            return
+        write_atomic(
+            self.path,
+            npz_bytes(
+                rels=np.frombuffer("\n".join(scan.rels).encode(), np.uint8),
+                hashes=np.frombuffer("".join(scan.hashes).encode(), np.uint8),
+                sizes=np.array(scan.sizes, dtype=np.int64),
+                mtimes=np.array(scan.mtimes, dtype=np.int64),
+            ),
+        )
+
+
+@dataclass
+class Scan:
+    """Every file of a dataset folder, sorted by relative path, with its content hash.
+
+    ``groups`` are runs of rows that share a folder: (first row, end row, class label or None
+    when the folder is not a class folder directly under the root).
+    """
+
+    rels: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    mtimes: list[int] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    groups: list[tuple[int, int, str | None]] = field(default_factory=list)
+    read: int = 0
+
+
+def list_folder(folder: Path) -> list[tuple[str, list[str]]]:
+    """(relative folder, sorted file names) for every folder under ``folder``, in path order.
+
+    Ordered so that concatenating the groups gives the files sorted by relative path: a
+    folder sorts by its name plus ``/``, a loose file by its name. Hidden entries are skipped
+    and, as with ``os.walk``, symlinked folders are not entered. ``os.scandir`` directly: it
+    tells folders from files without a ``stat`` and costs a third of ``os.walk``.
+    """
+    groups: list[tuple[str, str, list[str]]] = []  # (sort key, relative folder, names)
+
+    def visit(path: str, rel_dir: str) -> None:
+        names: list[str] = []
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                if not entry.is_dir():
+                    names.append(name)
+                elif not entry.is_symlink():
+                    visit(entry.path, f"{rel_dir}/{name}" if rel_dir else name)
+        names.sort()
+        if not rel_dir:
+            groups.extend((name, "", [name]) for name in names)
+        elif names:
+            groups.append((f"{rel_dir}/", rel_dir, names))
+
+    visit(str(folder), "")
+    groups.sort(key=lambda group: group[0])
+    return [(rel_dir, names) for _, rel_dir, names in groups]
+
+
+def list_images(folder: Path) -> list[str]:
+    """Relative paths of every (non-hidden) file under ``folder``, sorted."""
+    return [f"{d}/{n}" if d else n for d, names in list_folder(folder) for n in names]
+
+
+def scan_folder(
+    folder: Path,
+    listing: list[tuple[str, list[str]]],
+    known: dict[str, tuple[int, int, str]],
+    on_new_content: Callable[[str, bytes, str | None], None],
+    on_group: Callable[[int, int], None] | None = None,
+) -> Scan:
+    """Stat every listed file; read and hash only those the index does not vouch for.
+
+    ``on_new_content(hash, data, label)`` sees the bytes of each file that was read, so a
+    new image is decoded from the same read that hashed it; ``on_group(files, read)`` is
+    called after each folder (progress).
+    """
+    scan = Scan()
+    stat, root = os.stat, str(folder)
+    rels, sizes, mtimes, hashes = scan.rels, scan.sizes, scan.mtimes, scan.hashes
+    for rel_dir, names in listing:
+        label = rel_dir if rel_dir and "/" not in rel_dir else None
+        prefix = f"{rel_dir}/" if rel_dir else ""
+        first, read_before = len(rels), scan.read
+        fd = os.open(folder / rel_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in names:
+                st = stat(name, dir_fd=fd)
+                rel = prefix + name
+                was = known.get(rel)
+                if was is not None and was[0] == st.st_size and was[1] == st.st_mtime_ns:
+                    hashes.append(was[2])
+                else:
+                    with open(f"{root}/{rel}", "rb") as fh:
+                        data = fh.read()
+                    digest = content_hash(data)
+                    hashes.append(digest)
+                    scan.read += 1
+                    on_new_content(digest, data, label)
+                rels.append(rel)
+                sizes.append(st.st_size)
+                mtimes.append(st.st_mtime_ns)
+        finally:
+            os.close(fd)
+        scan.groups.append((first, len(rels), label))
+        if on_group is not None:
+            on_group(len(names), scan.read - read_before)
+    return scan
 
 
 def quarantine(lake: Lake, item: Quarantined, data: bytes, dataset_version: str) -> None:
@@ -209,74 +383,107 @@ def prepare_images(
     params: dict[str, Any],
     progress: bool = False,
 ) -> Prepared:
-    """Decode, check and split every file in ``folder``; quarantine what cannot be used."""
-    size = int(params["image_size"])
-    classes = [str(c) for c in params["classes"]]
-    max_pixels = int(params.get("max_pixels", 4096 * 4096))
-    cache = DecodeCache(cache_dir / f"s{size}-{CACHE_FORMAT}").load()
-    hashes = cache.load_hashes()  # path -> [size, mtime_ns, content hash]: skip re-reading
-    out = Prepared(dataset_version, lake.url(f"prepared/{dataset_version}"))
-    seen: dict[str, tuple[str, str]] = {}  # content hash -> (label, path) kept
-    pixels: list[np.ndarray] = []
-    files = list_images(folder)
-    out.images_in = len(files)
+    """Decode, check and split every file in ``folder``; quarantine what cannot be used.
 
-    iterator: Any = files
+    Per file, only a ``stat`` and an index look-up are done in Python for images seen before;
+    the rest works on whole columns, so a re-run's cost grows with the new images.
+    """
+    size = int(params["image_size"])
+    class_list = [str(c) for c in params["classes"]]
+    classes = set(class_list)
+    max_pixels = int(params.get("max_pixels", 4096 * 4096))
+    cache = DecodeCache(cache_dir / f"s{size}-{CACHE_FORMAT}", size).load()
+    index = FileIndex(cache_dir, folder)
+    out = Prepared(dataset_version, lake.url(f"prepared/{dataset_version}"))
+
+    listing = list_folder(folder)
+    bar: Any = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(files, desc="prepare", unit="img", leave=False, disable=None)
-    for path, rel, label in iterator:
-        stat = os.stat(path)
-        known = hashes.get(path)
-        data: bytes | None = None
-        if known is not None and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
-            digest = str(known[2])
-        else:
-            with open(path, "rb") as fh:
-                data = fh.read()
-            digest = content_hash(data)
-            hashes[path] = [stat.st_size, stat.st_mtime_ns, digest]
-        problem: tuple[str, str] | None = None
-        if label is None:
-            problem = ("no_class_folder", "the file is not directly inside a class folder")
-        elif label not in classes:
-            problem = ("unknown_class", f"class folder {label!r} is not one of {classes}")
-        elif digest in seen:
-            kept_label, kept_path = seen[digest]
-            problem = (
-                ("duplicate", f"same content as {kept_path}")
-                if kept_label == label
-                else ("conflicting_label", f"same content as {kept_path}, labelled {kept_label!r}")
-            )
-        elif digest in cache.bad:
-            problem = cache.bad[digest]
-        elif digest in cache.pixels:
-            out.cached += 1
-        else:
+        total = sum(len(names) for _, names in listing)
+        bar = tqdm(total=total, desc="prepare", unit="img", leave=False, disable=None)
+
+    def on_new_content(digest: str, data: bytes, label: str | None) -> None:
+        if bar is not None:
+            bar.update()  # per file read: the slow part of a run moves the bar smoothly
+        if label in classes and digest not in cache:
             out.decoded += 1
-            data = data if data is not None else Path(path).read_bytes()
             try:
                 cache.add(digest, decode_image(data, size=size, max_pixels=max_pixels))
             except BadImage as exc:
                 cache.add_bad(digest, exc.reason, str(exc))
-                problem = (exc.reason, str(exc))
-        if problem is not None:
-            item = Quarantined(rel, digest, *problem)
-            quarantine(
-                lake, item, data if data is not None else Path(path).read_bytes(), dataset_version
+
+    scan = scan_folder(
+        folder,
+        listing,
+        index.load(),
+        on_new_content,
+        None if bar is None else lambda files, read: bar.update(files - read),
+    )
+    if bar is not None:
+        bar.close()
+    out.images_in = len(scan.rels)
+    hashes, rels = scan.hashes, scan.rels
+
+    problems: dict[int, tuple[str, str]] = {}
+    kept: list[int] = []
+    labels: list[str] = []
+    first_of: dict[str, int] = {}  # content hash -> row kept with it
+    rows = cache.rows
+    for start, end, label in scan.groups:
+        if label is None:
+            problems.update(
+                (i, ("no_class_folder", "the file is not directly inside a class folder"))
+                for i in range(start, end)
             )
-            out.quarantined.append(item)
             continue
-        assert label is not None
-        seen[digest] = (label, rel)
-        pixels.append(cache.pixels[digest])
-        out.labels.append(label)
-        out.hashes.append(digest)
-        out.paths.append(rel)
+        if label not in classes:
+            detail = f"class folder {label!r} is not one of {class_list}"
+            problems.update((i, ("unknown_class", detail)) for i in range(start, end))
+            continue
+        for i in range(start, end):
+            digest = hashes[i]
+            if digest not in rows:  # a decode failure, now or in an earlier run
+                if digest not in cache.bad:  # read before, never decoded: decode it now
+                    out.decoded += 1
+                    try:
+                        pixels = decode_image(
+                            (folder / rels[i]).read_bytes(), size=size, max_pixels=max_pixels
+                        )
+                        cache.add(digest, pixels)
+                    except BadImage as exc:
+                        cache.add_bad(digest, exc.reason, str(exc))
+                if digest not in rows:
+                    problems[i] = cache.bad[digest]
+                    continue
+            kept_row = first_of.setdefault(digest, i)
+            if kept_row != i:
+                kept_label = rels[kept_row].split("/", 1)[0]
+                problems[i] = (
+                    ("duplicate", f"same content as {rels[kept_row]}")
+                    if kept_label == label
+                    else (
+                        "conflicting_label",
+                        f"same content as {rels[kept_row]}, labelled {kept_label!r}",
+                    )
+                )
+                continue
+            kept.append(i)
+        labels += [label] * (len(kept) - len(labels))
+
+    fresh = set(cache.fresh)
+    out.cached = len(kept) - sum(1 for i in kept if hashes[i] in fresh) if fresh else len(kept)
+    out.hashes = [hashes[i] for i in kept] if len(kept) < len(hashes) else list(hashes)
+    out.paths = [rels[i] for i in kept] if len(kept) < len(rels) else list(rels)
+    out.labels = labels
+    out.pixels = cache.gather(out.hashes)
+    for i in sorted(problems):
+        item = Quarantined(rels[i], hashes[i], *problems[i])
+        quarantine(lake, item, (folder / rels[i]).read_bytes(), dataset_version)
+        out.quarantined.append(item)
     cache.save()
-    cache.save_hashes(hashes)
-    out.pixels = np.stack(pixels) if pixels else np.zeros((0, size, size), np.uint8)
+    index.save(scan)
     return out
 
 
@@ -292,16 +499,15 @@ def write_prepared(lake: Lake, prepared: Prepared, splits: list[str], classes: l
     prefix = f"prepared/{prepared.dataset_version}"
     x = prepared.pixels.astype(np.float32) / 255.0
     label_index = {c: i for i, c in enumerate(classes)}
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        x=x,
-        y=np.array([label_index[lbl] for lbl in prepared.labels], dtype=np.int64),
-        split=np.array(splits),
-        hash=np.array(prepared.hashes),
-        classes=np.array(classes),
-    )
-    lake.write_bytes(f"{prefix}/data.npz", buffer.getvalue())
+    with lake.writer(f"{prefix}/data.npz") as fh:  # straight to the file: 3x faster
+        np.savez(
+            fh,
+            x=x,
+            y=np.array([label_index[lbl] for lbl in prepared.labels], dtype=np.int64),
+            split=np.array(splits),
+            hash=np.array(prepared.hashes),
+            classes=np.array(classes),
+        )
 
     flat = x.reshape(len(x), -1)
     lows, highs, means = (
@@ -318,7 +524,14 @@ def write_prepared(lake: Lake, prepared: Prepared, splits: list[str], classes: l
     lines += [
         f"{h},{p},{lbl},{sp},{height},{width},{lo:.6f},{hi:.6f},{mu:.6f}"
         for h, p, lbl, sp, lo, hi, mu in zip(
-            prepared.hashes, paths, prepared.labels, splits, lows, highs, means, strict=True
+            prepared.hashes,
+            paths,
+            prepared.labels,
+            splits,
+            lows.tolist(),  # Python floats format several times faster than NumPy scalars
+            highs.tolist(),
+            means.tolist(),
+            strict=True,
         )
     ]
     text = "\n".join(lines) + "\n"
@@ -342,9 +555,7 @@ def prepare(
             raise StepError(f"--data-dir {data_dir} is not a folder")
         folder = data_dir
         version = (
-            dataset_version
-            or "dir-"
-            + content_hash("\n".join(rel for _, rel, _ in list_images(data_dir)).encode())[:16]
+            dataset_version or "dir-" + content_hash("\n".join(list_images(data_dir)).encode())[:16]
         )
     else:
         tracked = dataset_version or tracked_version(settings)
@@ -364,7 +575,7 @@ def prepare(
         params=params,
         progress=progress,
     )
-    splits = [split_of(h, params["split"]) for h in prepared.hashes]
+    splits = splits_of(prepared.hashes, params["split"])
     write_prepared(lake, prepared, splits, classes)
     result = prepared.result(splits, classes)
     lake.write_bytes(f"prepared/{version}/summary.json", json.dumps(result, indent=2).encode())

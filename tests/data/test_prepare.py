@@ -10,7 +10,7 @@ from PIL import Image
 from ml_tasks.config import load_settings
 from ml_tasks.dataset import synthesize
 from ml_tasks.lake import open_lake
-from ml_tasks.prepare import prepare
+from ml_tasks.prepare import DecodeCache, prepare
 from ml_tasks.step import StepError
 
 
@@ -48,6 +48,39 @@ def test_adding_images_decodes_only_the_new_ones(
     assert second["images_in"] == first["images_in"] + 20
     assert second["decoded"] == 20
     assert second["from_cache"] == first["prepared"]
+
+
+def test_a_file_rewritten_in_place_is_read_again(
+    flywheel_home: Path, digits_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    shutil.copytree(digits_dir, folder)
+    prepare_dir(folder)
+    target = sorted((folder / "4").iterdir())[0]
+    source = sorted((folder / "9").iterdir())[0]
+    target.write_bytes(source.read_bytes())  # same name, other content: only a stat can tell
+    second = prepare(load_settings(), data_dir=folder, dataset_version="rewritten")
+    assert second["decoded"] == 0 and second["from_cache"] == 1796  # content seen before...
+    assert {q["path"]: q["detail"] for q in second["quarantine"]} == {
+        # ...now under 4 as well: the first path keeps it, the 9 is the conflicting copy
+        f"9/{source.name}": f"same content as 4/{target.name}, labelled '4'"
+    }
+
+
+def test_decode_cache_shards_are_merged_and_still_serve_every_image(
+    flywheel_home: Path, digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DecodeCache, "MAX_SHARDS", 2)
+    folder = tmp_path / "images"
+    shutil.copytree(digits_dir, folder)
+    prepare_dir(folder)
+    for seed in range(3):  # one new shard per run with new images
+        synthesize(folder, count=5, size=8, seed=100 + seed)
+        prepare_dir(folder)
+    shards = list((flywheel_home / "cache" / "prepare" / "s8-v1").glob("*.npz"))
+    assert len(shards) <= 2
+    again = prepare_dir(folder)
+    assert again["decoded"] == 0 and again["from_cache"] == 1797 + 15
 
 
 def test_an_image_keeps_its_split_when_the_dataset_grows(

@@ -2,7 +2,7 @@
 
 import hashlib
 
-from ml_tasks.prepare import split_of
+from ml_tasks.prepare import split_of, splits_of
 from ml_tasks.validate import decide
 
 RULES = {"min_accuracy": 0.8, "min_macro_f1": 0.8, "min_improvement": 0.01}
@@ -40,3 +40,15 @@ def test_split_depends_on_content_only_and_follows_the_fractions() -> None:
     assert splits == [split_of(h, fractions) for h in hashes]
     for name, share in fractions.items():
         assert abs(splits.count(name) / len(splits) - share) < 0.01
+
+
+def test_the_vectorised_split_gives_the_same_answer_for_every_hash() -> None:
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(5_000)]
+    hashes += ["0" * 64, "f" * 64, "b333333" + "0" * 57]  # the ends and an edge of the range
+    for fractions in (
+        {"train": 0.7, "val": 0.15, "test": 0.15},
+        {"train": 0.8, "val": 0.2, "test": 0.0},
+        {"train": 0.5, "val": 0.25, "test": 0.25},
+    ):
+        assert splits_of(hashes, fractions) == [split_of(h, fractions) for h in hashes]
+    assert splits_of([], {"train": 1.0, "val": 0.0, "test": 0.0}) == []

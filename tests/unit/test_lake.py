@@ -21,6 +21,14 @@ def exercise(lake: Lake) -> None:
     assert not lake.exists("incoming/a.png")
     with pytest.raises(LakeError):
         lake.read_bytes("incoming/a.png")
+    with lake.writer("big/array.bin") as fh:
+        fh.write(b"streamed")
+    assert lake.read_bytes("big/array.bin") == b"streamed"
+    with pytest.raises(RuntimeError), lake.writer("big/half.bin") as fh:
+        fh.write(b"half")
+        raise RuntimeError("the writer failed midway")
+    assert not lake.exists("big/half.bin")  # a failed write leaves no object behind
+    assert sorted(lake.list("big/")) == ["big/array.bin"]
 
 
 def test_local_lake(tmp_path: Path) -> None:
