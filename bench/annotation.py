@@ -9,6 +9,10 @@ virtualenv) and an embedded MLflow registry with a tiny ``champion`` serve the r
   included), i.e. a DAG run minus Airflow's scheduling. Target >= 200 images/s.
 - ``warm``: the same three steps called in one warm process (imports paid once): what the
   loop costs per image once the fixed start-up is amortised.
+- ``S3 ceiling``: the most images/s the S3 endpoint allows, whatever the rest costs: the
+  requests/s it sustains for the loop's kind of call (small PUT, COPY, GET; 10 threads, as
+  the steps use) divided by the S3 requests the warm run made per image (counted). On moto,
+  an in-memory Python server, this bounds the loop well below what MinIO would.
 
 Baseline, measured in the same run: creating the same kind of task the naive way, one API
 call per task plus one per prediction (what a first script usually does), on 100 images.
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +42,7 @@ from ml_tasks.local_servers import free_port, wait_for_http
 ENVIRONMENT = "steps"
 TARGET = 200.0
 SPLITS: dict[str, float] = {}  # seconds per step of the warm run, printed with the table
+REQUESTS: Counter[str] = Counter()  # S3 calls of the warm run, by operation
 BUCKET = "bench-lake"
 
 
@@ -128,6 +134,7 @@ def run_warm(batch: str, count: int) -> float:
 
     settings = load_settings()
     events.configure("bench", stream=open(os.devnull, "w"))  # noqa: SIM115
+    count_s3_requests()
     start = time.perf_counter()
     claim_batch(open_lake(settings.lake_uri), batch, count)
     claimed = time.perf_counter()
@@ -137,6 +144,42 @@ def run_warm(batch: str, count: int) -> float:
     done = time.perf_counter()
     SPLITS.update(claim=claimed - start, preannotate=predicted - claimed, tasks=done - predicted)
     return done - start
+
+
+def count_s3_requests() -> None:
+    """Count every S3 call that clients made from now on in this process do, by operation."""
+    import boto3
+
+    boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+
+    def seen(model: Any, **_: Any) -> None:
+        REQUESTS[model.name] += 1
+
+    boto3.DEFAULT_SESSION.events.register("before-call.s3", seen)
+
+
+def s3_requests_per_second(s3: Any, count: int = 300) -> float:
+    """Requests/s of small PUT, COPY and GET calls against the endpoint, 10 at a time."""
+    keys = [f"rate/{i}.png" for i in range(count)]
+    body = os.urandom(200)
+    calls: list[Any] = [
+        lambda k: s3.put_object(Bucket=BUCKET, Key=k, Body=body),
+        lambda k: s3.copy_object(
+            Bucket=BUCKET, Key=f"{k}.copy", CopySource={"Bucket": BUCKET, "Key": k}
+        ),
+        lambda k: s3.get_object(Bucket=BUCKET, Key=k)["Body"].read(),
+    ]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(10) as pool:
+        for call in calls:
+            list(pool.map(call, keys))
+    seconds = time.perf_counter() - start
+    s3.delete_objects(
+        Bucket=BUCKET,
+        Delete={"Objects": [{"Key": k} for k in keys] + [{"Key": f"{k}.copy"} for k in keys]},
+    )
+    return len(calls) * count / seconds
 
 
 def naive_tasks(url: str, token: str, count: int) -> float:
@@ -218,6 +261,7 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
             steps_seconds = run_steps("bench-steps", count)
             put_incoming(s3, count, seed=2)
             warm_seconds = run_warm("bench-warm", count)
+            s3_rate = s3_requests_per_second(s3)
             naive_seconds = naive_tasks(server.url, server.token, naive_count)
         finally:
             lss.stop_pid(server.pid)
@@ -225,6 +269,7 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
             moto.wait(timeout=10)
     baseline = naive_count / naive_seconds
     steps_rate, warm_rate = count / steps_seconds, count / warm_seconds
+    per_image = sum(REQUESTS.values()) / count
     name = "annotation intake"
     return [
         row(
@@ -243,6 +288,14 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
             f">= {TARGET:.0f} images/s",
             warm_rate >= TARGET,
         ),
+        row(
+            name,
+            f"S3 ceiling: {s3_rate:.0f} req/s / {per_image:.2f} S3 requests per image",
+            s3_rate / per_image,
+            None,
+            f">= {TARGET:.0f} images/s",
+            s3_rate / per_image >= TARGET,
+        ),
     ]
 
 
@@ -255,6 +308,7 @@ def main() -> int:
     print(json.dumps(rows) if args.json else render(rows))
     if not args.json:
         print("warm run, seconds per step:", {k: round(v, 2) for k, v in SPLITS.items()})
+        print("warm run, S3 calls:", dict(REQUESTS.most_common()))
     return 0
 
 

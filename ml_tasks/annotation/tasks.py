@@ -11,9 +11,11 @@
   with the champion's prediction (model version, score), created most uncertain first.
 
 Creating is idempotent: the SDK's automatic retries are off for creates (it retries
-non-idempotent calls), and every attempt first lists the batch's existing tasks by lake key and
-creates only the missing ones. Image keys are checked before creating (a missing S3 key would
-only fail later, in the annotator's browser).
+non-idempotent calls); the batch's existing tasks are listed by lake key before the first
+attempt and after any failure, and only the missing ones are created. On success the import's
+answer (task ids, in request order) says what exists, sparing a listing of the whole batch.
+Image keys are checked before creating (a missing S3 key would only fail later, in the
+annotator's browser).
 
 Connection: ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (from an Airflow Connection);
 the storages get the S3 endpoint and keys from ``LABEL_STUDIO_S3_ENDPOINT`` (default
@@ -199,15 +201,18 @@ def create_tasks(settings: Settings, batch: str, dataset: str) -> dict[str, Any]
             break
         try:
             for start in range(0, len(todo), CHUNK):
-                ls.projects.import_tasks(
+                chunk = todo[start : start + CHUNK]
+                done = ls.projects.import_tasks(
                     id=project,
-                    request=[
-                        task_payload(it, lake, batch, predictions)
-                        for it in todo[start : start + CHUNK]
-                    ],
+                    request=[task_payload(it, lake, batch, predictions) for it in chunk],
                     return_task_ids=True,
                     request_options=NO_RETRY,
                 )
+                ids = list(getattr(done, "task_ids", None) or [])
+                if len(ids) != len(chunk):  # not the answer we know: ask for the real state
+                    raise StepError(f"import answered {len(ids)} task ids for {len(chunk)} tasks")
+                # Label Studio bulk-creates in request order and answers the ids in that order.
+                have.update((it["key"], int(i)) for it, i in zip(chunk, ids, strict=True))
         except Exception as exc:  # an import may have saved before failing: look, then retry
             if attempt == ATTEMPTS:
                 raise
@@ -215,7 +220,7 @@ def create_tasks(settings: Settings, batch: str, dataset: str) -> dict[str, Any]
                 "tasks_retry", level="warning", batch=batch, attempt=attempt, error=str(exc)[:300]
             )
             time.sleep(2 * attempt)
-        have = existing_tasks(ls, project, batch)
+            have = existing_tasks(ls, project, batch)
     if set(have) != {it["key"] for it in items}:
         raise StepError(f"Label Studio has {len(have)} tasks for {len(items)} images of {batch}")
     write_json(lake, batch_key(batch, "tasks.json"), {"project": project, "tasks": have})
