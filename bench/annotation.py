@@ -47,12 +47,9 @@ BUCKET = "bench-lake"
 
 
 def train_champion(model_name: str) -> str:
-    import mlflow
-    import mlflow.pytorch
     import numpy as np
-    from mlflow import MlflowClient
 
-    from ml_tasks.train import PreparedData, fit, log_classifier
+    from ml_tasks.train import PreparedData, fit_and_register
 
     rng = np.random.default_rng(0)
     y = np.arange(400) % 10
@@ -61,21 +58,8 @@ def train_champion(model_name: str) -> str:
         x[i, (label * 8) // 10, :] = 0.9
     split = np.where(np.arange(400) % 7 == 0, "val", "train")
     data = PreparedData(x, y.astype(np.int64), split, [str(c) for c in range(10)])
-    hp = {
-        "epochs": 3,
-        "batch_size": 64,
-        "learning_rate": 0.01,
-        "weight_decay": 0.0,
-        "channels": 4,
-        "hidden": 16,
-        "seed": 0,
-    }
-    model, _ = fit(data, hp, progress=False)
-    model.eval()
-    with mlflow.start_run():
-        info = log_classifier(model, data, registered_model_name=model_name)
-    version = str(info.registered_model_version)
-    MlflowClient().set_registered_model_alias(model_name, "champion", version)
+    hp = {"epochs": 3, "batch_size": 64, "learning_rate": 0.01, "weight_decay": 0.0}
+    version, _ = fit_and_register(data, {**hp, "channels": 4, "hidden": 16, "seed": 0}, model_name)
     return version
 
 

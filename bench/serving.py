@@ -48,41 +48,19 @@ CONCURRENCY = 16
 def register_model(root: Path) -> tuple[str, np.ndarray]:
     """Train and register the model; returns the tracking URI and uint8 test digits."""
     import mlflow
-    import mlflow.pytorch
-    from sklearn.datasets import load_digits
 
-    from ml_tasks.train import PreparedData, fit, log_classifier
+    from ml_tasks.train import digits_data, fit_and_register
 
-    digits = load_digits()
-    x = np.rint(digits.images / 16.0 * 255.0).astype(np.uint8)
-    split = np.random.default_rng(0).choice(
-        np.array(["train", "val", "test"]), size=len(x), p=[0.7, 0.15, 0.15]
-    )
-    classes = [str(c) for c in range(10)]
-    data = PreparedData(
-        (x / 255.0).astype(np.float32), digits.target.astype(np.int64), split, classes
-    )
-    hp = {
-        "epochs": 3,
-        "batch_size": 64,
-        "learning_rate": 0.01,
-        "weight_decay": 0.0,
-        "channels": 16,
-        "hidden": 64,
-        "seed": 0,
-    }
-    model, _ = fit(data, hp, progress=False)
-    model.eval()
+    data, pixels = digits_data()
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     experiment = mlflow.create_experiment("bench", artifact_location=(root / "art").as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        info = log_classifier(model, data, registered_model_name=MODEL)
-    mlflow.MlflowClient().set_registered_model_alias(
-        MODEL, "champion", str(info.registered_model_version)
+    hp = {"epochs": 3, "batch_size": 64, "learning_rate": 0.01, "weight_decay": 0.0}
+    fit_and_register(
+        data, {**hp, "channels": 16, "hidden": 64, "seed": 0}, MODEL, experiment_id=experiment
     )
-    return tracking_uri, x[split == "test"][:64]
+    return tracking_uri, pixels[data.split == "test"][:64]
 
 
 @contextmanager

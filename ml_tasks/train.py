@@ -209,6 +209,51 @@ def log_classifier(model: Any, data: PreparedData, registered_model_name: str | 
     )
 
 
+def fit_and_register(
+    data: PreparedData,
+    hp: dict[str, Any],
+    model_name: str,
+    *,
+    alias: str = "champion",
+    experiment_id: str | None = None,
+) -> tuple[str, list[dict[str, float]]]:
+    """Fit, log and register a classifier and point ``alias`` at it; (version, history).
+
+    Not the training step (that one reads a prepared version and tags lineage): the short way
+    for tests, benchmarks and notebooks to put a known model in a registry. Uses MLflow's
+    current tracking and registry URIs.
+    """
+    import mlflow
+
+    model, history = fit(data, hp, progress=False)
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = log_classifier(model, data, registered_model_name=model_name)
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(model_name, alias, version)
+    return version, history
+
+
+def digits_data(seed: int = 0) -> tuple[PreparedData, np.ndarray]:
+    """scikit-learn's bundled digits with a seeded 70/15/15 split, and their ``uint8`` pixels.
+
+    Pixels are scaled to 0-255 the way ``ml_tasks.dataset`` writes the digits as PNG files.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.rint(digits.images / 16.0 * 255.0).astype(np.uint8)
+    split = np.random.default_rng(seed).choice(
+        np.array(["train", "val", "test"]), size=len(pixels), p=[0.7, 0.15, 0.15]
+    )
+    data = PreparedData(
+        (pixels / 255.0).astype(np.float32),
+        digits.target.astype(np.int64),
+        split,
+        [str(c) for c in range(10)],
+    )
+    return data, pixels
+
+
 def model_requirements() -> list[str]:
     """What loading the model needs: the steps environment's versions of these packages."""
     from importlib.metadata import version

@@ -43,34 +43,20 @@ def synthetic_pixels(count: int, seed: int, size: int = 8) -> tuple[np.ndarray, 
 
 def champion(model_name: str) -> None:
     import mlflow
-    import mlflow.pytorch
-    from mlflow import MlflowClient
 
-    from ml_tasks.train import PreparedData, fit, log_classifier
+    from ml_tasks.train import PreparedData, fit_and_register
 
     x, y = synthetic_pixels(600, seed=1)
     split = np.where(np.arange(len(y)) % 7 == 0, "val", "train")  # every class in both
     data = PreparedData(
         x.astype(np.float32) / 255.0, y.astype(np.int64), split, [str(c) for c in range(10)]
     )
-    hp = {
-        "epochs": 6,
-        "batch_size": 64,
-        "learning_rate": 0.01,
-        "weight_decay": 0.0,
-        "channels": 4,
-        "hidden": 16,
-        "seed": 0,
-    }
-    model, history = fit(data, hp, progress=False)
-    model.eval()
+    hp = {"epochs": 6, "batch_size": 64, "learning_rate": 0.01, "weight_decay": 0.0}
     mlflow.set_experiment("annotation-tests")
-    with mlflow.start_run():
-        info = log_classifier(model, data, registered_model_name=model_name)
-    client = MlflowClient()
-    version = info.registered_model_version
-    client.set_registered_model_alias(model_name, "champion", str(version))
-    print(json.dumps({"version": str(version), "val_accuracy": history[-1]["val_accuracy"]}))
+    version, history = fit_and_register(
+        data, {**hp, "channels": 4, "hidden": 16, "seed": 0}, model_name
+    )
+    print(json.dumps({"version": version, "val_accuracy": history[-1]["val_accuracy"]}))
 
 
 def make_repo(path: Path, bucket: str, base_images: int) -> None:

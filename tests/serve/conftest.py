@@ -41,47 +41,27 @@ class RegisteredModel:
 def train_and_register(root: Path, epochs: int = 4) -> RegisteredModel:
     """Fit a small CNN on the digits and register it as ``digits@champion`` under ``root``."""
     import mlflow
-    import mlflow.pytorch
-    from sklearn.datasets import load_digits
 
-    from ml_tasks.train import PreparedData, fit, log_classifier
+    from ml_tasks.train import digits_data, fit_and_register
 
-    digits = load_digits()
-    x = np.rint(digits.images / 16.0 * 255.0).astype(np.uint8)
-    rng = np.random.default_rng(0)
-    split = rng.choice(np.array(["train", "val", "test"]), size=len(x), p=[0.7, 0.15, 0.15])
-    classes = [str(c) for c in range(10)]
-    data = PreparedData(
-        x=(x / 255.0).astype(np.float32),
-        y=digits.target.astype(np.int64),
-        split=split,
-        classes=classes,
-    )
-    hp = {
-        "epochs": epochs,
-        "batch_size": 64,
-        "learning_rate": 0.01,
-        "weight_decay": 0.0,
-        "channels": 8,
-        "hidden": 32,
-        "seed": 0,
-    }
-    model, _ = fit(data, hp, progress=False)
-    model.eval()
+    data, pixels = digits_data()
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     experiment = mlflow.create_experiment("serve-tests", artifact_location=(root / "art").as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        info = log_classifier(model, data, registered_model_name=MODEL_NAME)
-    version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", version)
+    hp = {"batch_size": 64, "learning_rate": 0.01, "weight_decay": 0.0, "seed": 0}
+    version, _ = fit_and_register(
+        data,
+        {**hp, "epochs": epochs, "channels": 8, "hidden": 32},
+        MODEL_NAME,
+        experiment_id=experiment,
+    )
     return RegisteredModel(
         tracking_uri=tracking_uri,
         uri=f"models:/{MODEL_NAME}@champion",
         version=version,
-        classes=classes,
-        test_images=x[split == "test"],
+        classes=data.classes,
+        test_images=pixels[data.split == "test"],
     )
 
 
