@@ -6,7 +6,8 @@
    repository's ``dags/`` and ``plugins/``, the simple auth manager with a named approver);
 2. ``airflow db migrate``; the dataset materialized (``python -m ml_tasks.dataset materialize``
    with the steps interpreter);
-3. ``airflow api-server`` on a free loopback port, then ``airflow dags test training``;
+3. ``airflow api-server`` on a free loopback port, then ``airflow dags test training`` (through
+   :mod:`flywheel_airflow.cli`: the same command, the collector tuned for a short process);
 4. when the run parks at ``await_approval``, the approver answers through the REST API, exactly
    the call the UI's *Required Actions* page makes (``PATCH .../hitlDetails``), so the answer is
    recorded as theirs; the gate itself is never skipped, marked or shortened;
@@ -92,6 +93,21 @@ def airflow_env(
         }
     )
     return env
+
+
+def dags_test_command(*args: str) -> list[str]:
+    """``airflow dags test training [args]``, parsing only the training DAG's file."""
+    return [
+        sys.executable,
+        "-m",
+        "flywheel_airflow.cli",
+        "dags",
+        "test",
+        DAG_ID,
+        "--dagfile-path",
+        str(CODE_ROOT / "dags" / f"{DAG_ID}.py"),
+        *args,
+    ]
 
 
 def ensure_passwords(airflow_home: Path, users: Mapping[str, str]) -> dict[str, str]:
@@ -204,15 +220,25 @@ class AirflowApi:
     def wait_for_approval(
         self, dag_id: str, user: str, *, timeout: float, alive: Any = None
     ) -> dict[str, Any]:
-        """The first open approval request of ``dag_id`` (polls; ``alive()`` False stops early)."""
+        """The first approval request of ``dag_id`` whose task waits for the answer.
+
+        Polls every 0.5 s; ``alive()`` False stops early. The request exists a moment before
+        its task parks in ``awaiting_input``; an answer given in between is lost on SQLite
+        (both transactions read the other's old state and the run then waits forever), so
+        the answer waits for the parked state.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if alive is not None and not alive():
                 raise RuntimeError("the DAG run ended before asking for approval")
-            pending = self.pending_approvals(dag_id, user)
-            if pending:
-                return pending[0]
-            time.sleep(0.25)
+            parked = [
+                d
+                for d in self.pending_approvals(dag_id, user)
+                if (d.get("task_instance") or {}).get("state") == "awaiting_input"
+            ]
+            if parked:
+                return parked[0]
+            time.sleep(0.5)
         raise TimeoutError(f"no approval request from {dag_id} within {timeout:.0f} s")
 
     def answer(self, detail: dict[str, Any], user: str, option: str) -> dict[str, Any]:
@@ -278,13 +304,7 @@ def run_demo(*, answer: str = "Approve", conf: dict[str, Any] | None = None) -> 
         api = AirflowApi(url, passwords)
         print(f"api-server: {url} (log in as {APPROVER} to see Required Actions)", flush=True)
         test = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "airflow"),
-                "dags",
-                "test",
-                DAG_ID,
-                *(["-c", json.dumps(conf)] if conf else []),
-            ],
+            dags_test_command(*(["-c", json.dumps(conf)] if conf else [])),
             env=env,
             start_new_session=True,
         )
