@@ -22,6 +22,7 @@ import io
 import json
 import os
 import uuid
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -234,7 +235,7 @@ class FileIndex:
                 rels = data["rels"].tobytes().decode().split("\n")
                 joined = data["hashes"].tobytes().decode()
                 sizes, mtimes = data["sizes"].tolist(), data["mtimes"].tolist()
-        except (FileNotFoundError, OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             return {}  # no index yet, or an unreadable one: hash every file again
         if len(sizes) != len(rels) or len(joined) != 64 * len(rels):
             return {}

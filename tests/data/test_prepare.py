@@ -67,6 +67,19 @@ def test_a_file_rewritten_in_place_is_read_again(
     }
 
 
+def test_a_damaged_file_index_means_hashing_again_not_a_failure(
+    flywheel_home: Path, digits_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    shutil.copytree(digits_dir, folder)
+    first = prepare_dir(folder)
+    (index,) = (flywheel_home / "cache" / "prepare" / "file-index").glob("*.npz")
+    index.write_bytes(b"PK\x03\x04 half a zip file")
+    again = prepare_dir(folder)
+    assert again["prepared"] == first["prepared"] and again["from_cache"] == first["prepared"]
+    assert again["decoded"] == 0  # every file read and hashed again, none decoded again
+
+
 def test_decode_cache_shards_are_merged_and_still_serve_every_image(
     flywheel_home: Path, digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,286 @@
+"""A real ``airflow backfill create`` run by a real scheduler (LocalExecutor, no ``dag.test``):
+each backfill run trains on the dataset version that was current at its logical date, and
+``champion`` never moves.
+
+The data repository holds two dataset versions, created 2026-03-01 08:00 and 2026-03-03 08:00
+UTC. The DAG's cron ticks at 02:00 UTC, so a window from 2026-03-02 12:00 to 2026-03-04 12:00
+holds two runs: 2026-03-03 02:00 (before the second version: the first) and 2026-03-04 02:00
+(the second). ``force_register`` makes both runs register a challenger, so the branch that keeps
+``champion`` is taken for real, not just the "not better" path.
+
+Everything this test writes lives in its ``tmp_path``: the data repository and its DVC remote,
+the Flywheel state folder (lake, event log) and an MLflow server of its own (a clean registry, so
+"no champion" means this test moved none, whatever ran before). It shares the session's Airflow
+DB and api-server (the execution API the scheduler's tasks talk to), and leaves the DAG paused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flywheel_airflow.demo import AirflowApi, airflow_cli
+
+from ml_tasks.local_servers import stop_process_group
+from tests.dags.conftest import champion, make_data_repo, mlflow_get
+from tests.servers import mlflow_server
+
+pytestmark = pytest.mark.slow
+
+DAG_ID = "training"
+FIRST_CREATED = "2026-03-01T08:00:00+00:00"
+SECOND_CREATED = "2026-03-03T08:00:00+00:00"
+# --to-date is inclusive, but a bare date means midnight: "2026-03-04" would leave out the
+# 2026-03-04 02:00 tick, hence explicit times.
+FROM_DATE, TO_DATE = "2026-03-02T12:00:00+00:00", "2026-03-04T12:00:00+00:00"
+BETWEEN, AFTER = "2026-03-03T02:00:00+00:00", "2026-03-04T02:00:00+00:00"
+CONF = {"epochs": 4, "force_register": True}
+TIMEOUT = 600
+FINISHED = {"success", "failed"}
+BROKEN = {"failed", "upstream_failed"}
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def two_version_repo(repo: Path, env: dict[str, str]) -> tuple[str, str]:
+    """The digits (created 2026-03-01) then 20 more images (2026-03-03), each committed."""
+    first = make_data_repo(repo)
+    index = repo / "data" / "versions.jsonl"
+    entry = json.loads(index.read_text().splitlines()[0])
+    assert entry["version"] == first
+    index.write_text(json.dumps({**entry, "created_at": FIRST_CREATED}) + "\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "dataset: the digits")
+    code = (
+        "from datetime import datetime; "
+        "from ml_tasks.config import load_settings; "
+        "from ml_tasks.dataset import add_version, synthesize; "
+        "s = load_settings(); synthesize(s.data_dir, count=20, seed=9); "
+        f"print(add_version(s, 'twenty more', when=datetime.fromisoformat('{SECOND_CREATED}'))"
+        ".version)"
+    )
+    done = subprocess.run(
+        [env["FLYWHEEL_STEPS_PYTHON"], "-c", code], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = done.stdout.strip().splitlines()[-1]
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "dataset: twenty more")
+    assert second != first
+    return first, second
+
+
+def latest_backfill_id() -> int:
+    from airflow.models.backfill import Backfill
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        return int(
+            session.scalar(select(func.max(Backfill.id)).where(Backfill.dag_id == DAG_ID)) or 0
+        )
+
+
+def backfill_runs(backfill_id: int) -> list[dict[str, Any]]:
+    """The backfill's DAG runs, oldest logical date first, each with its task states."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    def text(state: Any) -> str:
+        return str(getattr(state, "value", state))
+
+    with create_session() as session:
+        runs = session.execute(
+            select(DagRun.run_id, DagRun.logical_date, DagRun.state, DagRun.run_type, DagRun.conf)
+            .where(DagRun.dag_id == DAG_ID, DagRun.backfill_id == backfill_id)
+            .order_by(DagRun.logical_date)
+        ).all()
+        found = []
+        for run_id, logical_date, state, run_type, conf in runs:
+            tis = session.execute(
+                select(TaskInstance.task_id, TaskInstance.state).where(
+                    TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id
+                )
+            ).all()
+            found.append(
+                {
+                    "run_id": run_id,
+                    "logical_date": logical_date.isoformat(),
+                    "state": text(state),
+                    "run_type": text(run_type),
+                    "conf": conf,
+                    "tasks": {task_id: text(s) for task_id, s in tis},
+                }
+            )
+    return found
+
+
+def tail(path: Path, lines: int) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def diagnostics(airflow_home: Path, scheduler_log: Path, runs: list[dict[str, Any]]) -> str:
+    """The scheduler log's tail and, for every task of the backfill not green, its log's tail."""
+    parts = [f"runs: {json.dumps(runs, indent=1)}", f"--- {scheduler_log}", tail(scheduler_log, 80)]
+    for run in runs:
+        folder = airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run['run_id']}"
+        for task_id, state in sorted(run["tasks"].items()):
+            if state in ("success", "skipped"):
+                continue
+            for log in sorted(folder.glob(f"task_id={task_id}/**/*.log")):
+                parts += [f"--- {log} ({state})", tail(log, 40)]
+    return "\n".join(parts)
+
+
+def events_by_run(log_path: Path) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for line in log_path.read_text().splitlines() if log_path.exists() else []:
+        event = json.loads(line)
+        if event.get("run_id"):
+            found.setdefault(event["run_id"], []).append(event)
+    return found
+
+
+def test_backfill_trains_each_run_on_the_version_current_then_and_keeps_champion(
+    airflow_db: Path,
+    airflow_api: AirflowApi,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home, repo = tmp_path / "home", tmp_path / "repo"
+    monkeypatch.setenv("FLYWHEEL_HOME", str(home))  # make_data_repo's DVC remote and events
+    monkeypatch.setenv("FLYWHEEL_REPO", str(repo))
+    first, second = two_version_repo(repo, dict(os.environ))
+
+    with mlflow_server(tmp_path / "mlflow") as mlflow_url:
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": mlflow_url,
+            # Tasks run by the scheduler's LocalExecutor talk to the api-server's execution API.
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{airflow_api.base_url}/execution/",
+            # Backfill runs only start when the DAG is unpaused, and an unpaused DAG with
+            # catchup=False gets a scheduled run for today's 02:00 at once: the scheduler creates
+            # no runs of its own here (neither cron nor asset), it only runs the backfill's.
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        }
+        airflow_cli(env, "dags", "reserialize")  # the DAG into the DB, as a dag-processor would
+        before = latest_backfill_id()
+        created = airflow_cli(
+            env,
+            "backfill",
+            "create",
+            "--dag-id",
+            DAG_ID,
+            "--from-date",
+            FROM_DATE,
+            "--to-date",
+            TO_DATE,
+            "--dag-run-conf",
+            json.dumps(CONF),
+        )
+        backfill_id = latest_backfill_id()
+        assert backfill_id > before, created.stdout + created.stderr
+
+        scheduler_log = airflow_db / "logs" / f"scheduler-backfill-{backfill_id}.log"
+        scheduler_log.parent.mkdir(parents=True, exist_ok=True)
+        runs: list[dict[str, Any]] = []
+        airflow_cli(env, "dags", "unpause", DAG_ID)
+        started = time.monotonic()
+        with scheduler_log.open("ab") as log:
+            scheduler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "airflow"), "scheduler"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            while time.monotonic() - started < TIMEOUT and scheduler.poll() is None:
+                runs = backfill_runs(backfill_id)
+                if runs and (
+                    all(r["state"] in FINISHED for r in runs)
+                    or any(set(r["tasks"].values()) & BROKEN for r in runs)
+                ):
+                    break
+                time.sleep(2)
+            runs = backfill_runs(backfill_id)
+        finally:
+            stop_process_group(scheduler)
+            airflow_cli(env, "dags", "pause", DAG_ID, check=False)
+        took = time.monotonic() - started
+        print(f"backfill {backfill_id}: {len(runs)} runs finished in {took:.0f} s")
+
+        try:
+            check(runs, home / "logs" / "events.jsonl", mlflow_url, first, second)
+        except BaseException:
+            print(diagnostics(airflow_db, scheduler_log, runs))
+            raise
+
+
+def check(
+    runs: list[dict[str, Any]], log_path: Path, mlflow_url: str, first: str, second: str
+) -> None:
+    # One run per cron tick in the window, each a backfill with the backfill's conf, all green.
+    assert [r["logical_date"] for r in runs] == [BETWEEN, AFTER]
+    assert {r["run_type"] for r in runs} == {"backfill"}
+    assert all(r["conf"] == CONF for r in runs)
+    assert [r["state"] for r in runs] == ["success", "success"]
+    for run in runs:
+        tasks = run["tasks"]
+        for task_id in ("resolve_dataset", "prepare", "checks", "train", "validate"):
+            assert tasks[task_id] == "success", (task_id, tasks)
+        # Registered, yet the branch keeps champion: no approval asked, nothing deployed.
+        assert tasks["register_if_better"] == "success"
+        assert tasks["backfill_keeps_champion"] == "success"
+        for task_id in ("registration_skipped", "await_approval", "deploy", "record_rejection"):
+            assert tasks[task_id] == "skipped", (task_id, tasks)
+
+    events = events_by_run(log_path)
+    expected = dict(zip([r["run_id"] for r in runs], [first, second], strict=True))
+    images = {first: 1797, second: 1817}
+    for run_id, version in expected.items():
+        by_action = {e["action"]: e for e in events.get(run_id, [])}
+        resolved = by_action["dataset_resolved"]
+        assert (resolved["dataset_version"], resolved["source"]) == (version, "as-of"), resolved
+        assert by_action["prepared"]["dataset_version"] == version
+        assert by_action["prepared"]["prepared"] == images[version]
+        trained = by_action["trained"]
+        assert (trained["task_id"], trained["dataset_version"]) == ("train", version)
+        decided = by_action["registration_decided"]
+        assert (decided["task_id"], decided["dataset_version"]) == ("validate", version)
+        assert decided["decision"] == "register"
+        gate = by_action["gate_decided"]
+        assert (gate["gate"], gate["decision"]) == ("register_if_better", "backfill_keeps_champion")
+        moved = [e for e in events[run_id] if e["action"] == "alias_moved"]
+        assert [e["alias"] for e in moved] == ["challenger"], moved
+
+        # MLflow agrees: the run's lineage tags name the version and the logical date.
+        tags = {
+            t["key"]: t["value"]
+            for t in mlflow_get(mlflow_url, "runs/get", run_id=trained["mlflow_run_id"])["run"][
+                "data"
+            ]["tags"]
+        }
+        logical_date = next(r["logical_date"] for r in runs if r["run_id"] == run_id)
+        assert tags["flywheel.dataset_version"] == version
+        assert tags["flywheel.logical_date"] == logical_date
+        assert tags["flywheel.caller_run_id"] == run_id
+
+    # Two challengers registered, and no champion: the registry has no such alias at all.
+    assert champion(mlflow_url) is None
+    assert mlflow_get(mlflow_url, "registered-models/get", name="digits")["registered_model"][
+        "aliases"
+    ] == [{"alias": "challenger", "version": "2"}]
