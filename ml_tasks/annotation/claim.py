@@ -3,20 +3,27 @@
 An image waits when its sidecar exists (the model service writes the sidecar after the image).
 Claiming must never lose an image, never claim one twice, and survive a crash at any point:
 
-1. **Markers.** For each candidate, create ``annotation/.claims/<incoming key>`` holding the
-   batch name, with a *conditional* create (S3 ``If-None-Match: *``; ``O_EXCL`` on a local
-   lake). Exactly one run wins each image, without a global lock that a crashed run would hold
-   forever; a marker that already names this batch is ours (a retry of the same run).
-2. **Manifest.** ``annotation/<batch>/manifest.json`` lists what the batch won, *before*
+1. **Ledger.** A run reserves its images with one object, ``annotation/.claims/ledger/<n>.json``
+   (the batch and its image keys), created *conditionally* (S3 ``If-None-Match: *``; ``O_EXCL``
+   on a local lake) at the next free number ``n``. Before choosing, it reads every open entry
+   (one without ``<n>.done``) and leaves their images alone; losing the race for ``n`` means
+   another run just reserved: read again, choose again. Entries are numbered without gaps, so
+   the winner of ``n`` has seen every entry before it: two runs never hold the same image, and
+   there is no lock for a crashed run to hold forever. An open entry naming this batch is ours
+   (a retry after a crash): its images are resumed. One object per batch, not one per image:
+   a thousand images cost one conditional write instead of a thousand.
+2. **Manifest.** ``annotation/<batch>/manifest.json`` lists what the batch reserved, *before*
    anything moves, so a retried run resumes the same images.
 3. **Copy, verify, delete.** Image and sidecar are copied, the copy verified (S3: the copy's
    ETag, the MD5 of a single-part object, equals the listed source's; local: SHA-256 of both
    files), and only then are the sources deleted (sidecars first, so a half-deleted pair is
-   never seen as waiting). The manifest is then marked ``claimed`` and the markers removed.
+   never seen as waiting). The manifest is then marked ``claimed`` and the ledger entry closed
+   (``<n>.done``).
 
 On a retry, an image whose copy exists and whose source is gone was already moved; one whose
-source and copy are both gone was taken and finished by another run before we listed it
-(markers are removed when a claim finishes): it is dropped from this batch.
+source and copy are both gone was taken and finished by another run before we listed it: it is
+dropped from this batch. An entry left open by a run that is never retried keeps its images out
+of later claims: rerun that run, or delete its entry to release them.
 
 ``python -m ml_tasks.annotation.claim --batch B --max-images N``.
 """
@@ -25,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +50,7 @@ from ml_tasks.annotation.batches import (
     add_batch_options,
     batch_from_args,
     batch_key,
+    read_json,
     read_json_if_exists,
     sidecar_of,
     write_json,
@@ -50,6 +60,9 @@ from ml_tasks.lake import Lake, LakeError, LocalLake, S3Lake, open_lake
 from ml_tasks.step import StepError, add_result_option, run_step
 
 WORKERS = 10  # botocore's default connection pool size
+LEDGER = CLAIMS + "ledger/"
+ENTRY, DONE = ".json", ".done"
+RESERVE_ATTEMPTS = 50
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -81,7 +94,13 @@ class ClaimStore:
     def listing(self, prefix: str) -> dict[str, Listed]:
         lake = self.lake
         if isinstance(lake, LocalLake):
-            return {k: Listed(lake.size(k), None) for k in lake.list(prefix)}
+            found_local: dict[str, Listed] = {}
+            for key in lake.list(prefix):
+                try:
+                    found_local[key] = Listed(lake.size(key), None)
+                except FileNotFoundError:  # moved by another run between listing and stat
+                    continue
+            return found_local
         strip = len(lake.prefix) + 1 if lake.prefix else 0
         found: dict[str, Listed] = {}
         paginator = lake.client.get_paginator("list_objects_v2")
@@ -90,18 +109,25 @@ class ClaimStore:
                 found[obj["Key"][strip:]] = Listed(int(obj["Size"]), str(obj["ETag"]).strip('"'))
         return found
 
-    def create_marker(self, key: str, body: bytes) -> bool:
-        """Create ``key`` only if absent; True when this call created it."""
+    def create_once(self, key: str, body: bytes) -> bool:
+        """Create ``key`` with ``body`` only if absent; True when this call created it.
+
+        Readers see the whole body or no object: S3 puts are atomic; locally the body is
+        written to a temporary file first and hard-linked into place (``link`` fails when the
+        name exists, like ``O_EXCL``, but never shows an empty file).
+        """
         lake = self.lake
         if isinstance(lake, LocalLake):
             path = lake._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(body)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.link(tmp, path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
+            finally:
+                tmp.unlink()
             return True
         from botocore.exceptions import ClientError
 
@@ -174,22 +200,26 @@ def claim_batch(lake: Lake, batch: str, max_images: int) -> dict[str, Any]:
     manifest_key = batch_key(batch, "manifest.json")
     manifest = read_json_if_exists(lake, manifest_key)
     resumed = manifest is not None
-    listing = store.listing(INCOMING)
     if manifest is None:
+        reserved = reserve(store, batch, max_images)
+        resumed = reserved.adopted
+        listing = reserved.listing
         manifest = {
             "batch": batch,
             "state": "claiming",
             "created_at": datetime.now(UTC).isoformat(),
-            "images": win_markers(store, batch, waiting_images(listing), max_images),
+            "ledger": reserved.entry,
+            "images": reserved.images,
         }
         write_json(lake, manifest_key, manifest)
+    else:
+        listing = store.listing(INCOMING)
     if manifest["state"] != "claimed":
         manifest = move_images(store, batch, manifest, listing)
         write_json(lake, manifest_key, manifest)
-    # Markers go last: while they exist no other run can take these images, even if we crash.
-    markers = [CLAIMS + item["source"] for item in manifest["images"]]
-    markers += [CLAIMS + key for key in manifest.get("dropped", [])]
-    store.delete_many(markers)
+    # The entry closes last: while it is open no other run can take these images.
+    if manifest.get("ledger") is not None:
+        lake.write_bytes(ledger_key(int(manifest["ledger"]), DONE), b"")
     images = manifest["images"]
     events.emit(
         "images_claimed",
@@ -197,6 +227,7 @@ def claim_batch(lake: Lake, batch: str, max_images: int) -> dict[str, Any]:
         images=len(images),
         resumed=resumed,
         dropped=len(manifest.get("dropped", [])),
+        ledger_entry=manifest.get("ledger"),
     )
     return {
         "batch": batch,
@@ -207,26 +238,48 @@ def claim_batch(lake: Lake, batch: str, max_images: int) -> dict[str, Any]:
     }
 
 
-def win_markers(store: ClaimStore, batch: str, candidates: list[str], limit: int) -> list[str]:
-    """Create claim markers until ``limit`` images are ours; skips images others hold."""
-    won: list[str] = []
-    body = batch.encode()
+def ledger_key(entry: int, suffix: str = ENTRY) -> str:
+    return f"{LEDGER}{entry:010d}{suffix}"
 
-    def take(key: str) -> bool:
-        marker = CLAIMS + key
-        if store.create_marker(marker, body):
-            return True
-        try:  # someone holds it: us, on a retry of the same run, or another run
-            return store.lake.read_bytes(marker) == body
-        except LakeError:
-            return False  # released just now by a finished claim: its image is gone too
 
-    position = 0
-    while len(won) < limit and position < len(candidates):
-        chunk = candidates[position : position + (limit - len(won))]
-        position += len(chunk)
-        won += [key for key, ours in zip(chunk, parallel(take, chunk), strict=True) if ours]
-    return won
+@dataclass(frozen=True)
+class Reservation:
+    entry: int | None  # the ledger entry; None when nothing was waiting
+    images: list[str]
+    listing: dict[str, Listed]  # incoming/, listed after the ledger was read
+    adopted: bool  # the entry was written by an earlier attempt of this batch
+
+
+def reserve(store: ClaimStore, batch: str, limit: int) -> Reservation:
+    """Reserve up to ``limit`` waiting images for ``batch`` in the claim ledger."""
+    for _ in range(RESERVE_ATTEMPTS):
+        keys = store.listing(LEDGER)
+        entries = sorted(int(k[len(LEDGER) : -len(ENTRY)]) for k in keys if k.endswith(ENTRY))
+        closed = {int(k[len(LEDGER) : -len(DONE)]) for k in keys if k.endswith(DONE)}
+        still_open = [e for e in entries if e not in closed]
+        held: set[str] = set()
+        for entry, content in zip(
+            still_open,
+            parallel(lambda e: read_json(store.lake, ledger_key(e)), still_open),
+            strict=True,
+        ):
+            if content["batch"] == batch:  # reserved by an attempt of ours that then crashed
+                return Reservation(entry, list(content["images"]), store.listing(INCOMING), True)
+            held.update(content["images"])
+        # Listed after reading the ledger: an image of a closed entry is already gone.
+        listing = store.listing(INCOMING)
+        chosen = [k for k in waiting_images(listing) if k not in held][:limit]
+        if not chosen:
+            return Reservation(None, [], listing, False)
+        entry = entries[-1] + 1 if entries else 1
+        body = {"batch": batch, "images": chosen, "at": datetime.now(UTC).isoformat()}
+        if store.create_once(ledger_key(entry), json.dumps(body).encode()):
+            return Reservation(entry, chosen, listing, False)
+        # Another run took number ``entry`` first: read what it reserved and choose again.
+    raise StepError(
+        f"could not reserve images after {RESERVE_ATTEMPTS} attempts: "
+        "too many runs are claiming at once"
+    )
 
 
 def move_images(
@@ -249,13 +302,13 @@ def move_images(
                 try:
                     store.copy_verified(src, dst, listing[src])
                 except Exception:
-                    # Our listing is older than our marker: another run may have claimed,
-                    # moved and released this image in between. Gone means theirs, not lost.
+                    # Gone since we listed it: another run finished with it first (a resumed
+                    # batch's listing is new, its entry old). Gone means theirs, not lost.
                     if store.lake.exists(src):
                         raise
                     return None
             elif dst not in already:
-                return None  # taken and finished by another run before our marker
+                return None  # taken and finished by another run before our listing
         return {"source": source, "image": pairs[0][1], "sidecar": pairs[1][1], "name": name}
 
     moved = parallel(move, sources)

@@ -1,7 +1,7 @@
 """Claiming images: overlapping runs never share an image, retries resume, nothing is lost.
 
-Runs against the moto S3 endpoint (conditional puts are what keeps runs apart) and a local
-lake (``O_EXCL``). Fast: no Label Studio, no Airflow.
+Runs against the moto S3 endpoint (conditional puts of ledger entries are what keeps runs
+apart) and a local lake (``O_EXCL``). Fast: no Label Studio, no Airflow.
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ def put_waiting(lake: Lake, count: int, *, without_sidecar: int = 0) -> list[str
     return keys[:count]
 
 
+def open_ledger_entries(lake: Lake) -> set[str]:
+    keys = list(lake.list("annotation/.claims/ledger/"))
+    opened = {k.removesuffix(".json") for k in keys if k.endswith(".json")}
+    return opened - {k.removesuffix(".done") for k in keys if k.endswith(".done")}
+
+
 def claimed_names(lake: Lake, batch: str) -> list[str]:
     import json
 
@@ -66,7 +72,7 @@ def test_a_claim_moves_images_with_sidecars_and_leaves_the_rest(lake: Lake) -> N
         assert lake.exists(f"annotation/b1/{name[:-4]}.json")
     left = list(lake.list("incoming/"))
     assert count_waiting(left) == 1 and len(left) == 4  # 1 pair + 2 images still writing
-    assert not list(lake.list("annotation/.claims/"))  # markers go once the claim is done
+    assert not open_ledger_entries(lake)  # the reservation closes once the claim is done
     # A retry of the same run claims nothing more and changes nothing.
     again = claim_batch(lake, "b1", 4)
     assert again["resumed"] and claimed_names(lake, "b1") == names
@@ -98,13 +104,16 @@ def test_a_claim_that_crashed_after_its_manifest_resumes_the_same_images(lake: L
     import json
 
     put_waiting(lake, 6)
-    # The state a crash leaves right after writing the manifest: markers + manifest, no copies.
+    # The state a crash leaves right after writing the manifest: ledger entry + manifest, no
+    # copies.
     chosen = sorted(k for k in lake.list("incoming/") if k.endswith(".png"))[:3]
-    for key in chosen:
-        lake.write_bytes(f"annotation/.claims/{key}", b"b9")
+    lake.write_bytes(
+        "annotation/.claims/ledger/0000000001.json",
+        json.dumps({"batch": "b9", "images": chosen}).encode(),
+    )
     lake.write_bytes(
         "annotation/b9/manifest.json",
-        json.dumps({"batch": "b9", "state": "claiming", "images": chosen}).encode(),
+        json.dumps({"batch": "b9", "state": "claiming", "ledger": 1, "images": chosen}).encode(),
     )
     other = claim_batch(lake, "b10", 10)  # another run meanwhile: must not take those three
     assert other["images"] == 3
@@ -112,3 +121,50 @@ def test_a_claim_that_crashed_after_its_manifest_resumes_the_same_images(lake: L
     assert result["resumed"] and result["images"] == 3
     assert sorted(claimed_names(lake, "b9")) == sorted(k.rsplit("/", 1)[-1] for k in chosen)
     assert list(lake.list("incoming/")) == []
+
+
+def test_a_claim_that_crashed_before_its_manifest_resumes_its_reservation(lake: Lake) -> None:
+    import json
+
+    put_waiting(lake, 6)
+    # The state a crash leaves between reserving and writing the manifest: only the entry.
+    chosen = sorted(k for k in lake.list("incoming/") if k.endswith(".png"))[2:5]
+    lake.write_bytes(
+        "annotation/.claims/ledger/0000000001.json",
+        json.dumps({"batch": "b7", "images": chosen}).encode(),
+    )
+    other = claim_batch(lake, "b8", 10)  # meanwhile: takes the other three only
+    assert other["images"] == 3 and not set(claimed_names(lake, "b8")) & {
+        k.rsplit("/", 1)[-1] for k in chosen
+    }
+    result = claim_batch(lake, "b7", 10)
+    assert result["resumed"] and result["images"] == 3
+    assert sorted(claimed_names(lake, "b7")) == sorted(k.rsplit("/", 1)[-1] for k in chosen)
+    assert list(lake.list("incoming/")) == [] and not open_ledger_entries(lake)
+
+
+def test_a_run_that_loses_a_ledger_number_reads_again_and_takes_other_images(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race itself, made certain: another run reserves between our reading and writing."""
+    from ml_tasks.annotation import claim
+
+    put_waiting(lake, 8)
+    original = claim.ClaimStore.create_once
+    rival_done: list[dict[str, Any]] = []
+    raced: list[str] = []
+
+    def create_once(self: claim.ClaimStore, key: str, body: bytes) -> bool:
+        if not raced:
+            raced.append(key)
+            rival_done.append(claim_batch(lake, "rival", 5))  # wins this very number first
+        return original(self, key, body)
+
+    monkeypatch.setattr(claim.ClaimStore, "create_once", create_once)
+    ours = claim_batch(lake, "ours", 5)
+    assert rival_done[0]["images"] == 5 and ours["images"] == 3
+    assert not set(claimed_names(lake, "ours")) & set(claimed_names(lake, "rival"))
+    assert sorted(k for k in lake.list("annotation/.claims/ledger/") if k.endswith(".json")) == [
+        "annotation/.claims/ledger/0000000001.json",
+        "annotation/.claims/ledger/0000000002.json",
+    ]
