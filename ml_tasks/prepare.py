@@ -386,8 +386,8 @@ def prepare_images(
 ) -> Prepared:
     """Decode, check and split every file in ``folder``; quarantine what cannot be used.
 
-    Per file, only a ``stat`` and an index look-up are done in Python for images seen before;
-    the rest works on whole columns, so a re-run's cost grows with the new images.
+    An image seen before costs a re-run a ``stat`` and a few look-ups, no read, hash or
+    decode; the pixels are gathered, and the outputs written, as whole arrays.
     """
     size = int(params["image_size"])
     class_list = [str(c) for c in params["classes"]]
@@ -445,8 +445,8 @@ def prepare_images(
             continue
         for i in range(start, end):
             digest = hashes[i]
-            if digest not in rows:  # a decode failure, now or in an earlier run
-                if digest not in cache.bad:  # read before, never decoded: decode it now
+            if digest not in rows:  # not decoded at this image size, or not decodable
+                if digest not in cache.bad:  # hashed in an earlier run, never decoded: now
                     out.decoded += 1
                     try:
                         pixels = decode_image(
