@@ -80,6 +80,24 @@ def test_a_damaged_file_index_means_hashing_again_not_a_failure(
     assert again["decoded"] == 0  # every file read and hashed again, none decoded again
 
 
+def test_a_new_image_size_decodes_files_the_index_already_knows(
+    flywheel_home: Path, digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "images"
+    shutil.copytree(digits_dir, folder)
+    prepare_dir(folder)
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(
+        Path(load_settings().params_path).read_text().replace("image_size: 8", "image_size: 16")
+    )
+    monkeypatch.setenv("FLYWHEEL_PARAMS", str(params_path))
+    resized = prepare(load_settings(), data_dir=folder, dataset_version="sixteen")
+    assert resized["decoded"] == 1797 and resized["prepared"] == 1797
+    lake = open_lake(load_settings().lake_uri)
+    with np.load(io.BytesIO(lake.read_bytes("prepared/sixteen/data.npz"))) as data:
+        assert data["x"].shape == (1797, 16, 16)
+
+
 def test_decode_cache_shards_are_merged_and_still_serve_every_image(
     flywheel_home: Path, digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
