@@ -4,14 +4,15 @@ An image waits when its sidecar exists (the model service writes the sidecar aft
 Claiming must never lose an image, never claim one twice, and survive a crash at any point:
 
 1. **Ledger.** A run reserves its images with one object, ``annotation/.claims/ledger/<n>.json``
-   (the batch and its image keys), created *conditionally* (S3 ``If-None-Match: *``; ``O_EXCL``
-   on a local lake) at the next free number ``n``. Before choosing, it reads every open entry
-   (one without ``<n>.done``) and leaves their images alone; losing the race for ``n`` means
-   another run just reserved: read again, choose again. Entries are numbered without gaps, so
-   the winner of ``n`` has seen every entry before it: two runs never hold the same image, and
-   there is no lock for a crashed run to hold forever. An open entry naming this batch is ours
-   (a retry after a crash): its images are resumed. One object per batch, not one per image:
-   a thousand images cost one conditional write instead of a thousand.
+   (the batch and its image keys), created *conditionally* (S3 ``If-None-Match: *``; a hard
+   link, which fails on an existing name, on a local lake) at the next free number ``n``.
+   Before choosing, it reads every open entry (one without ``<n>.done``) and leaves their
+   images alone; losing the race for ``n`` means another run just reserved: read again,
+   choose again. Entries are numbered without gaps, so the winner of ``n`` has seen every
+   entry before it: two runs never hold the same image, and there is no lock for a crashed run
+   to hold forever. An open entry naming this batch is ours (a retry after a crash): its
+   images are resumed. One object per batch, not one per image: a thousand images cost one
+   conditional write instead of a thousand.
 2. **Manifest.** ``annotation/<batch>/manifest.json`` lists what the batch reserved, *before*
    anything moves, so a retried run resumes the same images.
 3. **Copy, verify, delete.** Image and sidecar are copied, the copy verified (S3: the copy's
@@ -242,6 +243,12 @@ def ledger_key(entry: int, suffix: str = ENTRY) -> str:
     return f"{LEDGER}{entry:010d}{suffix}"
 
 
+def ledger_number(key: str, suffix: str) -> int | None:
+    """The entry number of a ledger key with ``suffix``; None for anything else there."""
+    stem = key[len(LEDGER) :].removesuffix(suffix)
+    return int(stem) if key.endswith(suffix) and stem.isdigit() else None
+
+
 @dataclass(frozen=True)
 class Reservation:
     entry: int | None  # the ledger entry; None when nothing was waiting
@@ -254,8 +261,8 @@ def reserve(store: ClaimStore, batch: str, limit: int) -> Reservation:
     """Reserve up to ``limit`` waiting images for ``batch`` in the claim ledger."""
     for _ in range(RESERVE_ATTEMPTS):
         keys = store.listing(LEDGER)
-        entries = sorted(int(k[len(LEDGER) : -len(ENTRY)]) for k in keys if k.endswith(ENTRY))
-        closed = {int(k[len(LEDGER) : -len(DONE)]) for k in keys if k.endswith(DONE)}
+        entries = sorted(n for n in (ledger_number(k, ENTRY) for k in keys) if n is not None)
+        closed = {n for n in (ledger_number(k, DONE) for k in keys) if n is not None}
         still_open = [e for e in entries if e not in closed]
         held: set[str] = set()
         for entry, content in zip(
