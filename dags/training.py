@@ -11,8 +11,10 @@ approves, deploys it:
 - **When**: nightly at 02:00 UTC, whenever a new dataset version is published (Asset
   `flywheel://dataset/images`, emitted by the annotation loop), by hand (validated params), and
   as backfills: `airflow backfill create --dag-id training --from-date … --to-date …`.
-- **Backfills** train on the dataset version that was current at their logical date and never
-  move `champion` (no approval is asked).
+- **Backfills** train on the dataset version that was current at their logical date and
+  evaluate only: nothing is registered, no alias moves, no approval is asked. Create them with
+  `--max-active-runs 1` (a backfill's own limit; the DAG's applies to other runs) on an
+  unpaused DAG.
 - **Where steps run** is the `FLYWHEEL_BACKEND` setting (environment or Variable
   `flywheel_backend`): `local` (subprocess) or `kubernetes` (pods); this file never changes.
 - **Approval**: only the users in `FLYWHEEL_APPROVERS` / Variable `flywheel_approvers` may
@@ -133,6 +135,7 @@ def training() -> None:
             "--caller-run-id",
             "{{ run_id }}",
             "{{ '--force-register' if params.force_register else '' }}",
+            "{{ '--evaluate-only' if is_backfill(dag_run) else '' }}",
             optional("--min-improvement", "min_improvement"),
         ],
     )

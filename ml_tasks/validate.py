@@ -144,6 +144,7 @@ def validate(
     force: bool = False,
     caller_run_id: str | None = None,
     min_improvement: float | None = None,
+    evaluate_only: bool = False,
 ) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
@@ -188,7 +189,11 @@ def validate(
                 detail="its classes or image size differ from the current data",
             )
 
-    should_register, reason = decide(new_metrics, incumbent, rules, force=force)
+    better, reason = decide(new_metrics, incumbent, rules, force=force)
+    # Evaluate only (backfills): the same test and verdict, logged; the registry is not touched.
+    should_register = better and not evaluate_only
+    if evaluate_only:
+        reason = f"evaluation only, nothing registered ({reason})"
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(
             {"test_accuracy": new_metrics["accuracy"], "test_macro_f1": new_metrics["macro_f1"]}
@@ -218,7 +223,8 @@ def validate(
         mlflow.log_figure(fig, "confusion_matrix.png")
         plt.close(fig)
         mlflow.log_dict(new_metrics, "test_metrics.json")
-        mlflow.set_tag("flywheel.decision", "register" if should_register else "skip")
+        mlflow.set_tag("flywheel.decision", "register" if better else "skip")
+        mlflow.set_tag("flywheel.evaluate_only", str(evaluate_only).lower())
         mlflow.set_tag("flywheel.decision_reason", reason)
 
     version = None
@@ -247,7 +253,8 @@ def validate(
         )
     events.emit(
         "registration_decided",
-        decision="register" if should_register else "skip",
+        decision="register" if better else "skip",
+        evaluate_only=evaluate_only,
         reason=reason,
         mlflow_run_id=run_id,
         dataset_version=dataset_version,
@@ -257,8 +264,9 @@ def validate(
     )
     summary = {k: new_metrics[k] for k in ("accuracy", "macro_f1")}
     return {
-        "decision": "register" if should_register else "skip",
+        "decision": "register" if better else "skip",
         "registered": should_register,
+        "evaluate_only": evaluate_only,
         "reason": reason,
         "model_name": settings.model_name,
         "model_version": version,
@@ -302,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--caller-run-id", help="the orchestrator's run id, kept as a lineage tag")
     parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="test and decide as usual, but register nothing (backfills: history, not releases)",
+    )
+    parser.add_argument(
         "--min-improvement",
         type=float,
         help="accuracy gain needed over the incumbent (default: params.yaml)",
@@ -318,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force_register,
             caller_run_id=args.caller_run_id,
             min_improvement=args.min_improvement,
+            evaluate_only=args.evaluate_only,
         ),
         result_path=args.result_path,
         context={"dataset_version": args.dataset_version, "mlflow_run_id": args.run_id},

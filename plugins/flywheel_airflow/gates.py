@@ -28,14 +28,20 @@ def is_backfill(dag_run: Any) -> bool:
 
 
 def route_after_validation(decision: dict[str, Any], *, backfill: bool) -> tuple[str, str]:
-    """The next task and the reason, from ``validate``'s result."""
+    """The next task and the reason, from ``validate``'s result.
+
+    A backfill evaluates only (its validate registers nothing): it records how a model trained
+    on past data compares, and never asks for approval or moves an alias.
+    """
+    if backfill:
+        verdict = "better" if decision.get("decision") == "register" else "not better"
+        return BACKFILL_KEEPS_CHAMPION, (
+            f"backfill: evaluated only, {verdict} than the incumbent; nothing registered, "
+            f"no alias moved, no approval ({decision.get('reason', 'no reason')})"
+        )
     if not decision.get("registered"):
         return REGISTRATION_SKIPPED, f"registration skipped: {decision.get('reason', 'no reason')}"
     version = decision.get("model_version")
-    if backfill:
-        return BACKFILL_KEEPS_CHAMPION, (
-            f"registered v{version} as challenger; a backfill never moves champion, so no approval"
-        )
     return (
         AWAIT_APPROVAL,
         f"registered v{version} as challenger ({decision.get('reason')}); awaiting approval",

@@ -1,17 +1,22 @@
 """A real ``airflow backfill create`` run by a real scheduler (LocalExecutor, no ``dag.test``):
-each backfill run trains on the dataset version that was current at its logical date, and
-``champion`` never moves.
+each backfill run trains on the dataset version that was current at its logical date, is
+evaluated like any run, and registers nothing: ``champion`` (and every other alias) never moves.
 
 The data repository holds two dataset versions, created 2026-03-01 08:00 and 2026-03-03 08:00
 UTC. The DAG's cron ticks at 02:00 UTC, so a window from 2026-03-02 12:00 to 2026-03-04 12:00
 holds two runs: 2026-03-03 02:00 (before the second version: the first) and 2026-03-04 02:00
-(the second). ``force_register`` makes both runs register a challenger, so the branch that keeps
-``champion`` is taken for real, not just the "not better" path.
+(the second). ``force_register`` makes both verdicts "register", so "evaluated only" is shown
+for models a normal run would have registered, not just on the "not better" path.
+
+A backfill has its own ``max_active_runs`` (default 10): the DAG's ``max_active_runs=1`` bounds
+only the other runs. The test passes ``--max-active-runs 1`` (as the README says to) so the runs
+go in date order and never run DVC in the same repository at once.
 
 Everything this test writes lives in its ``tmp_path``: the data repository and its DVC remote,
 the Flywheel state folder (lake, event log) and an MLflow server of its own (a clean registry, so
 "no champion" means this test moved none, whatever ran before). It shares the session's Airflow
-DB and api-server (the execution API the scheduler's tasks talk to), and leaves the DAG paused.
+DB and api-server (the execution API the scheduler's tasks talk to), and leaves the DAG's pause
+state as it found it (paused: new DAGs start paused).
 """
 
 from __future__ import annotations
@@ -42,8 +47,7 @@ FROM_DATE, TO_DATE = "2026-03-02T12:00:00+00:00", "2026-03-04T12:00:00+00:00"
 BETWEEN, AFTER = "2026-03-03T02:00:00+00:00", "2026-03-04T02:00:00+00:00"
 CONF = {"epochs": 4, "force_register": True}
 TIMEOUT = 600
-FINISHED = {"success", "failed"}
-BROKEN = {"failed", "upstream_failed"}
+BROKEN = {"failed", "upstream_failed", "up_for_retry"}
 
 
 def git(repo: Path, *args: str) -> None:
@@ -89,6 +93,25 @@ def latest_backfill_id() -> int:
         )
 
 
+def backfill_completed(backfill_id: int) -> bool:
+    from airflow.models.backfill import Backfill
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        done = session.scalar(select(Backfill.completed_at).where(Backfill.id == backfill_id))
+    return done is not None
+
+
+def dag_is_paused() -> bool:
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return bool(session.scalar(select(DagModel.is_paused).where(DagModel.dag_id == DAG_ID)))
+
+
 def backfill_runs(backfill_id: int) -> list[dict[str, Any]]:
     """The backfill's DAG runs, oldest logical date first, each with its task states."""
     from airflow.models.dagrun import DagRun
@@ -101,12 +124,20 @@ def backfill_runs(backfill_id: int) -> list[dict[str, Any]]:
 
     with create_session() as session:
         runs = session.execute(
-            select(DagRun.run_id, DagRun.logical_date, DagRun.state, DagRun.run_type, DagRun.conf)
+            select(
+                DagRun.run_id,
+                DagRun.logical_date,
+                DagRun.state,
+                DagRun.run_type,
+                DagRun.conf,
+                DagRun.start_date,
+                DagRun.end_date,
+            )
             .where(DagRun.dag_id == DAG_ID, DagRun.backfill_id == backfill_id)
             .order_by(DagRun.logical_date)
         ).all()
         found = []
-        for run_id, logical_date, state, run_type, conf in runs:
+        for run_id, logical_date, state, run_type, conf, start, end in runs:
             tis = session.execute(
                 select(TaskInstance.task_id, TaskInstance.state).where(
                     TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id
@@ -119,6 +150,8 @@ def backfill_runs(backfill_id: int) -> list[dict[str, Any]]:
                     "state": text(state),
                     "run_type": text(run_type),
                     "conf": conf,
+                    "start": start.isoformat() if start else None,
+                    "end": end.isoformat() if end else None,
                     "tasks": {task_id: text(s) for task_id, s in tis},
                 }
             )
@@ -190,41 +223,54 @@ def test_backfill_trains_each_run_on_the_version_current_then_and_keeps_champion
             TO_DATE,
             "--dag-run-conf",
             json.dumps(CONF),
+            "--max-active-runs",
+            "1",
         )
         backfill_id = latest_backfill_id()
         assert backfill_id > before, created.stdout + created.stderr
 
-        scheduler_log = airflow_db / "logs" / f"scheduler-backfill-{backfill_id}.log"
-        scheduler_log.parent.mkdir(parents=True, exist_ok=True)
+        scheduler_log = tmp_path / "scheduler.log"  # kept with pytest's tmp_path after the run
         runs: list[dict[str, Any]] = []
-        airflow_cli(env, "dags", "unpause", DAG_ID)
+        completed, exited = False, None
+        was_paused = dag_is_paused()
+        scheduler: subprocess.Popen[bytes] | None = None
         started = time.monotonic()
-        with scheduler_log.open("ab") as log:
-            scheduler = subprocess.Popen(
-                [str(Path(sys.executable).parent / "airflow"), "scheduler"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         try:
+            airflow_cli(env, "dags", "unpause", DAG_ID)
+            with scheduler_log.open("ab") as log:
+                scheduler = subprocess.Popen(
+                    # --skip-serve-logs: no log server on 0.0.0.0:8793 (a fixed port another
+                    # scheduler may hold); the task logs are files in this AIRFLOW_HOME anyway.
+                    [
+                        str(Path(sys.executable).parent / "airflow"),
+                        "scheduler",
+                        "--skip-serve-logs",
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            # Until the scheduler marks the backfill complete (it checks every 30 s): a backfill
+            # left open would refuse the next ``backfill create`` for this DAG in this DB.
             while time.monotonic() - started < TIMEOUT and scheduler.poll() is None:
-                runs = backfill_runs(backfill_id)
-                if runs and (
-                    all(r["state"] in FINISHED for r in runs)
-                    or any(set(r["tasks"].values()) & BROKEN for r in runs)
-                ):
+                runs, completed = backfill_runs(backfill_id), backfill_completed(backfill_id)
+                if completed or any(set(r["tasks"].values()) & BROKEN for r in runs):
                     break
                 time.sleep(2)
-            runs = backfill_runs(backfill_id)
+            exited = scheduler.poll()
         finally:
-            stop_process_group(scheduler)
-            airflow_cli(env, "dags", "pause", DAG_ID, check=False)
-        took = time.monotonic() - started
-        print(f"backfill {backfill_id}: {len(runs)} runs finished in {took:.0f} s")
+            if scheduler is not None:
+                stop_process_group(scheduler)
+            if was_paused:
+                airflow_cli(env, "dags", "pause", DAG_ID, check=False)
+        runs = backfill_runs(backfill_id)
+        print(f"backfill {backfill_id}: complete={completed}, {time.monotonic() - started:.0f} s")
 
         try:
+            assert exited is None, f"the scheduler exited with {exited}"
             check(runs, home / "logs" / "events.jsonl", mlflow_url, first, second)
+            assert completed, f"backfill {backfill_id} not marked complete within {TIMEOUT} s"
         except BaseException:
             print(diagnostics(airflow_db, scheduler_log, runs))
             raise
@@ -238,11 +284,12 @@ def check(
     assert {r["run_type"] for r in runs} == {"backfill"}
     assert all(r["conf"] == CONF for r in runs)
     assert [r["state"] for r in runs] == ["success", "success"]
+    assert runs[0]["end"] <= runs[1]["start"], "--max-active-runs 1: one run after the other"
     for run in runs:
         tasks = run["tasks"]
         for task_id in ("resolve_dataset", "prepare", "checks", "train", "validate"):
             assert tasks[task_id] == "success", (task_id, tasks)
-        # Registered, yet the branch keeps champion: no approval asked, nothing deployed.
+        # Evaluated only: the branch keeps champion, no approval asked, nothing deployed.
         assert tasks["register_if_better"] == "success"
         assert tasks["backfill_keeps_champion"] == "success"
         for task_id in ("registration_skipped", "await_approval", "deploy", "record_rejection"):
@@ -261,11 +308,14 @@ def check(
         assert (trained["task_id"], trained["dataset_version"]) == ("train", version)
         decided = by_action["registration_decided"]
         assert (decided["task_id"], decided["dataset_version"]) == ("validate", version)
-        assert decided["decision"] == "register"
+        # The verdict a normal run would act on, recorded; nothing registered, so the second
+        # run has no incumbent either.
+        assert (decided["decision"], decided["evaluate_only"]) == ("register", True), decided
+        assert decided.get("model_version") is None and decided.get("incumbent_version") is None
         gate = by_action["gate_decided"]
         assert (gate["gate"], gate["decision"]) == ("register_if_better", "backfill_keeps_champion")
-        moved = [e for e in events[run_id] if e["action"] == "alias_moved"]
-        assert [e["alias"] for e in moved] == ["challenger"], moved
+        assert "nothing registered" in gate["reason"], gate
+        assert not [e for e in events[run_id] if e["action"] == "alias_moved"]
 
         # MLflow agrees: the run's lineage tags name the version and the logical date.
         tags = {
@@ -278,9 +328,8 @@ def check(
         assert tags["flywheel.dataset_version"] == version
         assert tags["flywheel.logical_date"] == logical_date
         assert tags["flywheel.caller_run_id"] == run_id
+        assert (tags["flywheel.decision"], tags["flywheel.evaluate_only"]) == ("register", "true")
 
-    # Two challengers registered, and no champion: the registry has no such alias at all.
+    # The registry was never touched: no model, no version, no alias.
     assert champion(mlflow_url) is None
-    assert mlflow_get(mlflow_url, "registered-models/get", name="digits")["registered_model"][
-        "aliases"
-    ] == [{"alias": "challenger", "version": "2"}]
+    assert mlflow_get(mlflow_url, "registered-models/search").get("registered_models", []) == []

@@ -50,8 +50,12 @@ def test_is_backfill_reads_the_run_type_enum() -> None:
 
 def test_routes_after_validation() -> None:
     assert route_after_validation(REGISTERED, backfill=False)[0] == "await_approval"
-    route, reason = route_after_validation(REGISTERED, backfill=True)
-    assert route == "backfill_keeps_champion" and "never moves champion" in reason
+    for verdict in ("register", "skip"):  # a backfill evaluates only, better or not
+        route, reason = route_after_validation(
+            {"decision": verdict, "registered": False, "reason": "evaluation only"}, backfill=True
+        )
+        assert route == "backfill_keeps_champion" and "nothing registered" in reason
+        assert ("not better" in reason) is (verdict == "skip")
     route, reason = route_after_validation(
         {"registered": False, "reason": "accuracy 0.9 does not beat champion v3"}, backfill=False
     )

@@ -118,6 +118,15 @@ def test_backfill_runs_resolve_the_dataset_as_of_their_date(dag: Any) -> None:
     assert task.arguments == []
 
 
+def test_backfill_runs_validate_without_registering(dag: Any) -> None:
+    import copy
+
+    for run_type, expected in (("backfill", True), ("manual", False), ("scheduled", False)):
+        task = copy.copy(dag.get_task("validate"))
+        task.render_template_fields(fake_context(dag, task, run_type=run_type))
+        assert ("--evaluate-only" in task.arguments) is expected, (run_type, task.arguments)
+
+
 def test_a_pod_whose_step_refused_its_input_fails_without_retry() -> None:
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
     from flywheel_airflow.backends import kubernetes as backend
