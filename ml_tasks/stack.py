@@ -217,8 +217,14 @@ def up(serve: bool = True) -> dict[str, Any]:
         env,
         state,
     )
-    for part in ("scheduler", "triggerer", "dag-processor"):
-        launch(f"airflow-{part}", [airflow, part], env, state)
+    # Their log servers would listen on every interface (Airflow fixes the address); on one
+    # machine with one AIRFLOW_HOME the UI reads task and trigger logs from the files instead.
+    for part, flags in (
+        ("scheduler", ["--skip-serve-logs"]),
+        ("triggerer", ["--skip-serve-logs"]),
+        ("dag-processor", []),
+    ):
+        launch(f"airflow-{part}", [airflow, part, *flags], env, state)
     wait_http(f"{state['mlflow']}/health", 120)
     wait_http(f"http://127.0.0.1:{state['airflow']['port']}/api/v2/monitor/health", 120, pid)
     lss.wait_until_up(server.url, 300)
