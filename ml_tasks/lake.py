@@ -61,11 +61,8 @@ class LocalLake:
             raise LakeError(f"no object {key!r} in {self.uri}") from exc
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        with self.writer(key) as fh:
+            fh.write(data)
 
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
