@@ -18,7 +18,8 @@ approves, deploys it:
 - **Where steps run** is the `FLYWHEEL_BACKEND` setting (environment or Variable
   `flywheel_backend`): `local` (subprocess) or `kubernetes` (pods); this file never changes.
 - **Approval**: only the users in `FLYWHEEL_APPROVERS` / Variable `flywheel_approvers` may
-  answer (UI: *Required Actions*); no answer within 24 h means **Reject**.
+  answer (UI: *Required Actions*); no answer within 24 h
+  (`FLYWHEEL_APPROVAL_TIMEOUT`, seconds) means **Reject**.
 - **Audit**: `python -m ml_tasks.audit --run-id <run id>` lists every decision of a run.
 """
 
@@ -34,6 +35,7 @@ from flywheel_airflow.gates import (
     AWAIT_APPROVAL,
     BACKFILL_KEEPS_CHAMPION,
     REGISTRATION_SKIPPED,
+    approval_timeout,
     is_backfill,
 )
 from flywheel_airflow.operators.approval import ApprovalGate
@@ -118,7 +120,10 @@ def training() -> None:
             "--caller-run-id",
             "{{ run_id }}",
             "--no-progress",
-            "{{ '--logical-date=' ~ logical_date.isoformat() if logical_date else '' }}",
+            # Runs triggered by hand (UI, CLI, REST) have no logical date in Airflow 3: the
+            # name is then undefined in the context, not None.
+            "{{ '--logical-date=' ~ logical_date.isoformat() "
+            "if logical_date is defined and logical_date else '' }}",
             optional("--epochs", "epochs"),
             optional("--learning-rate", "learning_rate"),
         ],
@@ -162,7 +167,7 @@ def training() -> None:
         decision_task_id="validate",
         approve_task_id="deploy",
         reject_task_id="record_rejection",
-        response_timeout=timedelta(hours=24),
+        response_timeout=approval_timeout(),
     )
     deploy = StepOperator(
         task_id="deploy",

@@ -2,6 +2,7 @@
 
 - :func:`route_after_validation`: where a run goes once ``validate`` decided (register-if-better).
 - :func:`is_backfill`: backfill runs never move ``champion``, so they never reach approval.
+- :func:`approval_timeout`: how long the approval waits before it counts as Reject.
 - :func:`record_gate`: every gate decision is an audit event (``ml_tasks.events``) and, when the
   Airflow REST API is configured, the DAG run's note, so the reason is visible in the UI.
 """
@@ -9,6 +10,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from datetime import timedelta
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -17,6 +20,24 @@ AWAIT_APPROVAL = "await_approval"
 REGISTRATION_SKIPPED = "registration_skipped"
 BACKFILL_KEEPS_CHAMPION = "backfill_keeps_champion"
 API_CONN_ID = "flywheel_airflow_api"
+
+
+def approval_timeout() -> timedelta:
+    """How long an approval waits before it counts as Reject: ``FLYWHEEL_APPROVAL_TIMEOUT``.
+
+    Default 24 h. In seconds; read from the environment when the DAG file is parsed (no
+    Variable lookup at parse time), so the dag-processor's environment decides it.
+    """
+    raw = os.environ.get("FLYWHEEL_APPROVAL_TIMEOUT", "").strip()
+    if not raw:
+        return timedelta(hours=24)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ValueError(f"FLYWHEEL_APPROVAL_TIMEOUT={raw!r}: give a number of seconds above 0")
+    return timedelta(seconds=seconds)
 
 
 def is_backfill(dag_run: Any) -> bool:

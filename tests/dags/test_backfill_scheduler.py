@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,19 @@ from typing import Any
 import pytest
 from flywheel_airflow.demo import AirflowApi, airflow_cli
 
-from ml_tasks.local_servers import stop_process_group
 from tests.dags.conftest import champion, make_data_repo, mlflow_get
+from tests.dags.scheduler import (
+    BROKEN,
+    DAG_ID,
+    diagnostics,
+    running_scheduler,
+    scheduler_env,
+    task_states,
+)
 from tests.servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 
-DAG_ID = "training"
 FIRST_CREATED = "2026-03-01T08:00:00+00:00"
 SECOND_CREATED = "2026-03-03T08:00:00+00:00"
 # --to-date is inclusive, but a bare date means midnight: "2026-03-04" would leave out the
@@ -47,7 +52,6 @@ FROM_DATE, TO_DATE = "2026-03-02T12:00:00+00:00", "2026-03-04T12:00:00+00:00"
 BETWEEN, AFTER = "2026-03-03T02:00:00+00:00", "2026-03-04T02:00:00+00:00"
 CONF = {"epochs": 4, "force_register": True}
 TIMEOUT = 600
-BROKEN = {"failed", "upstream_failed", "up_for_retry"}
 
 
 def git(repo: Path, *args: str) -> None:
@@ -103,19 +107,9 @@ def backfill_completed(backfill_id: int) -> bool:
     return done is not None
 
 
-def dag_is_paused() -> bool:
-    from airflow.models.dag import DagModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        return bool(session.scalar(select(DagModel.is_paused).where(DagModel.dag_id == DAG_ID)))
-
-
 def backfill_runs(backfill_id: int) -> list[dict[str, Any]]:
     """The backfill's DAG runs, oldest logical date first, each with its task states."""
     from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
@@ -138,11 +132,6 @@ def backfill_runs(backfill_id: int) -> list[dict[str, Any]]:
         ).all()
         found = []
         for run_id, logical_date, state, run_type, conf, start, end in runs:
-            tis = session.execute(
-                select(TaskInstance.task_id, TaskInstance.state).where(
-                    TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id
-                )
-            ).all()
             found.append(
                 {
                     "run_id": run_id,
@@ -152,29 +141,10 @@ def backfill_runs(backfill_id: int) -> list[dict[str, Any]]:
                     "conf": conf,
                     "start": start.isoformat() if start else None,
                     "end": end.isoformat() if end else None,
-                    "tasks": {task_id: text(s) for task_id, s in tis},
+                    "tasks": task_states(run_id),
                 }
             )
     return found
-
-
-def tail(path: Path, lines: int) -> str:
-    if not path.exists():
-        return f"({path} does not exist)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def diagnostics(airflow_home: Path, scheduler_log: Path, runs: list[dict[str, Any]]) -> str:
-    """The scheduler log's tail and, for every task of the backfill not green, its log's tail."""
-    parts = [f"runs: {json.dumps(runs, indent=1)}", f"--- {scheduler_log}", tail(scheduler_log, 80)]
-    for run in runs:
-        folder = airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run['run_id']}"
-        for task_id, state in sorted(run["tasks"].items()):
-            if state in ("success", "skipped"):
-                continue
-            for log in sorted(folder.glob(f"task_id={task_id}/**/*.log")):
-                parts += [f"--- {log} ({state})", tail(log, 40)]
-    return "\n".join(parts)
 
 
 def events_by_run(log_path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -198,17 +168,7 @@ def test_backfill_trains_each_run_on_the_version_current_then_and_keeps_champion
     first, second = two_version_repo(repo, dict(os.environ))
 
     with mlflow_server(tmp_path / "mlflow") as mlflow_url:
-        env = {
-            **os.environ,
-            "MLFLOW_TRACKING_URI": mlflow_url,
-            # Tasks run by the scheduler's LocalExecutor talk to the api-server's execution API.
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{airflow_api.base_url}/execution/",
-            # Backfill runs only start when the DAG is unpaused, and an unpaused DAG with
-            # catchup=False gets a scheduled run for today's 02:00 at once: the scheduler creates
-            # no runs of its own here (neither cron nor asset), it only runs the backfill's.
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-        }
+        env = scheduler_env(dict(os.environ), airflow_api, MLFLOW_TRACKING_URI=mlflow_url)
         airflow_cli(env, "dags", "reserialize")  # the DAG into the DB, as a dag-processor would
         before = latest_backfill_id()
         created = airflow_cli(
@@ -232,25 +192,8 @@ def test_backfill_trains_each_run_on_the_version_current_then_and_keeps_champion
         scheduler_log = tmp_path / "scheduler.log"  # kept with pytest's tmp_path after the run
         runs: list[dict[str, Any]] = []
         completed, exited = False, None
-        was_paused = dag_is_paused()
-        scheduler: subprocess.Popen[bytes] | None = None
         started = time.monotonic()
-        try:
-            airflow_cli(env, "dags", "unpause", DAG_ID)
-            with scheduler_log.open("ab") as log:
-                scheduler = subprocess.Popen(
-                    # --skip-serve-logs: no log server on 0.0.0.0:8793 (a fixed port another
-                    # scheduler may hold); the task logs are files in this AIRFLOW_HOME anyway.
-                    [
-                        str(Path(sys.executable).parent / "airflow"),
-                        "scheduler",
-                        "--skip-serve-logs",
-                    ],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+        with running_scheduler(env, scheduler_log) as scheduler:
             # Until the scheduler marks the backfill complete (it checks every 30 s): a backfill
             # left open would refuse the next ``backfill create`` for this DAG in this DB.
             while time.monotonic() - started < TIMEOUT and scheduler.poll() is None:
@@ -259,11 +202,6 @@ def test_backfill_trains_each_run_on_the_version_current_then_and_keeps_champion
                     break
                 time.sleep(2)
             exited = scheduler.poll()
-        finally:
-            if scheduler is not None:
-                stop_process_group(scheduler)
-            if was_paused:
-                airflow_cli(env, "dags", "pause", DAG_ID, check=False)
         runs = backfill_runs(backfill_id)
         print(f"backfill {backfill_id}: complete={completed}, {time.monotonic() - started:.0f} s")
 

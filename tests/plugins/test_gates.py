@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from flywheel_airflow.gates import is_backfill, route_after_validation
+from flywheel_airflow.gates import approval_timeout, is_backfill, route_after_validation
 from flywheel_airflow.operators.approval import approval_body, parse_approvers
 
 REGISTERED = {
@@ -131,3 +131,18 @@ def test_no_answer_in_time_is_recorded_as_a_timeout_reject() -> None:
     }
     assert emit.call_args.kwargs["decision"] == "reject"
     assert emit.call_args.kwargs["who"] == "timeout"
+
+
+def test_approval_timeout_is_a_day_unless_set_and_refuses_nonsense(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datetime import timedelta
+
+    monkeypatch.delenv("FLYWHEEL_APPROVAL_TIMEOUT", raising=False)
+    assert approval_timeout() == timedelta(hours=24)
+    monkeypatch.setenv("FLYWHEEL_APPROVAL_TIMEOUT", "90")
+    assert approval_timeout() == timedelta(seconds=90)
+    for bad in ("0", "-5", "a day"):
+        monkeypatch.setenv("FLYWHEEL_APPROVAL_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="FLYWHEEL_APPROVAL_TIMEOUT"):
+            approval_timeout()

@@ -118,6 +118,18 @@ def test_backfill_runs_resolve_the_dataset_as_of_their_date(dag: Any) -> None:
     assert task.arguments == []
 
 
+def test_runs_triggered_by_hand_have_no_logical_date_and_still_render(dag: Any) -> None:
+    """Airflow 3 leaves ``logical_date`` out of a manual run's context (UI, CLI, REST)."""
+    import copy
+
+    for original in step_tasks(dag):
+        task = copy.copy(original)
+        context = fake_context(dag, task, run_type="manual")
+        del context["logical_date"]
+        task.render_template_fields(context)  # raises UndefinedError on a bare logical_date
+        assert not any("logical-date" in a or "as-of" in a for a in task.arguments), task
+
+
 def test_backfill_runs_validate_without_registering(dag: Any) -> None:
     import copy
 
