@@ -35,7 +35,7 @@ import numpy as np
 from ml_tasks import events
 from ml_tasks.config import Settings, load_params, load_settings
 from ml_tasks.images import BadImage, content_hash, decode_image
-from ml_tasks.lake import Lake, open_lake
+from ml_tasks.lake import Lake, LocalLake, open_lake
 from ml_tasks.step import StepError, add_result_option, run_step
 
 CACHE_FORMAT = "v1"
@@ -100,11 +100,8 @@ def split_of(hash_hex: str, fractions: dict[str, float]) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Write a cache file the way the local lake writes objects: whole, or not at all."""
+    LocalLake(path.parent).write_bytes(path.name, data)
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:

@@ -133,25 +133,22 @@ def ensure_project(ls: Any, lake: S3Lake, dataset: str, classes: list[str]) -> i
             request_options=NO_RETRY,
         )
     s3 = s3_settings(lake)
-    if not any(s.title == IMPORT_TITLE for s in ls.import_storage.s3.list(project=project.id)):
-        ls.import_storage.s3.create(
-            project=project.id,
-            title=IMPORT_TITLE,
-            prefix=lake_prefix(lake, ANNOTATION),
-            presign=False,
-            use_blob_urls=False,
-            request_options=NO_RETRY,
-            **s3,
-        )
-    if not any(s.title == EXPORT_TITLE for s in ls.export_storage.s3.list(project=project.id)):
-        ls.export_storage.s3.create(
-            project=project.id,
-            title=EXPORT_TITLE,
-            prefix=lake_prefix(lake, LABELED),
-            can_delete_objects=True,
-            request_options=NO_RETRY,
-            **s3,
-        )
+    # Import: presigning off, so Label Studio serves the images itself. Export: every saved
+    # annotation to labeled/, removed there when deleted in Label Studio.
+    no_presign = {"presign": False, "use_blob_urls": False}
+    for storages, title, prefix, options in (
+        (ls.import_storage.s3, IMPORT_TITLE, ANNOTATION, no_presign),
+        (ls.export_storage.s3, EXPORT_TITLE, LABELED, {"can_delete_objects": True}),
+    ):
+        if not any(s.title == title for s in storages.list(project=project.id)):
+            storages.create(
+                project=project.id,
+                title=title,
+                prefix=lake_prefix(lake, prefix),
+                request_options=NO_RETRY,
+                **options,
+                **s3,
+            )
     return int(project.id)
 
 
