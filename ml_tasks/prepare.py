@@ -225,8 +225,8 @@ class FileIndex:
         key = content_hash(str(folder.resolve()).encode())[:16]
         self.path = cache_dir / "file-index" / f"{key}.npz"
 
-    def load(self) -> dict[str, tuple[int, int, str]]:
-        """Relative path -> (size, mtime in ns, content hash)."""
+    def load(self) -> dict[tuple[str, int, int], str]:
+        """(relative path, size, mtime in ns) -> content hash: one look-up vouches for a file."""
         try:
             with np.load(self.path) as data:
                 rels = data["rels"].tobytes().decode().split("\n")
@@ -234,10 +234,10 @@ class FileIndex:
                 sizes, mtimes = data["sizes"].tolist(), data["mtimes"].tolist()
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             return {}  # no index yet, or an unreadable one: hash every file again
-        if len(sizes) != len(rels) or len(joined) != 64 * len(rels):
+        if len(sizes) != len(rels) or len(mtimes) != len(rels) or len(joined) != 64 * len(rels):
             return {}
         hashes = [joined[i : i + 64] for i in range(0, len(joined), 64)]
-        return dict(zip(rels, zip(sizes, mtimes, hashes, strict=True), strict=True))
+        return dict(zip(zip(rels, sizes, mtimes, strict=True), hashes, strict=True))
 
     def save(self, scan: Scan) -> None:
         """Paths and hashes as one text blob each: a few ms for 100k files, not 100 ms."""
@@ -311,7 +311,7 @@ def list_images(folder: Path) -> list[str]:
 def scan_folder(
     folder: Path,
     listing: list[tuple[str, list[str]]],
-    known: dict[str, tuple[int, int, str]],
+    known: dict[tuple[str, int, int], str],
     on_new_content: Callable[[str, bytes, str | None], None],
     on_group: Callable[[int, int], None] | None = None,
 ) -> Scan:
@@ -319,36 +319,37 @@ def scan_folder(
 
     ``on_new_content(hash, data, label)`` sees the bytes of each file that was read, so a
     new image is decoded from the same read that hashed it; ``on_group(files, read)`` is
-    called after each folder (progress).
+    called after each folder (progress). Each folder is handled as whole lists (stat, then
+    look up), not file by file: on a re-run the ``stat`` calls are most of the time.
     """
     scan = Scan()
     stat, root = os.stat, str(folder)
-    rels, sizes, mtimes, hashes = scan.rels, scan.sizes, scan.mtimes, scan.hashes
     for rel_dir, names in listing:
         label = rel_dir if rel_dir and "/" not in rel_dir else None
-        prefix = f"{rel_dir}/" if rel_dir else ""
-        first, read_before = len(rels), scan.read
         fd = os.open(folder / rel_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for name in names:
-                st = stat(name, dir_fd=fd)
-                rel = prefix + name
-                was = known.get(rel)
-                if was is not None and was[0] == st.st_size and was[1] == st.st_mtime_ns:
-                    hashes.append(was[2])
-                else:
-                    with open(f"{root}/{rel}", "rb") as fh:
-                        data = fh.read()
-                    digest = content_hash(data)
-                    hashes.append(digest)
-                    scan.read += 1
-                    on_new_content(digest, data, label)
-                rels.append(rel)
-                sizes.append(st.st_size)
-                mtimes.append(st.st_mtime_ns)
+            stats = [stat(name, dir_fd=fd) for name in names]
         finally:
             os.close(fd)
-        scan.groups.append((first, len(rels), label))
+        rels = [f"{rel_dir}/{name}" for name in names] if rel_dir else list(names)
+        sizes = [st.st_size for st in stats]
+        mtimes = [st.st_mtime_ns for st in stats]
+        hashes = [known.get(key) for key in zip(rels, sizes, mtimes, strict=True)]
+        read_before = scan.read
+        if None in hashes:
+            for i, known_hash in enumerate(hashes):
+                if known_hash is None:
+                    with open(f"{root}/{rels[i]}", "rb") as fh:
+                        data = fh.read()
+                    digest = hashes[i] = content_hash(data)
+                    scan.read += 1
+                    on_new_content(digest, data, label)
+        first = len(scan.rels)
+        scan.rels += rels
+        scan.sizes += sizes
+        scan.mtimes += mtimes
+        scan.hashes += hashes  # type: ignore[arg-type]  # every None was filled above
+        scan.groups.append((first, len(scan.rels), label))
         if on_group is not None:
             on_group(len(names), scan.read - read_before)
     return scan
@@ -440,6 +441,14 @@ def prepare_images(
             detail = f"class folder {label!r} is not one of {class_list}"
             problems.update((i, ("unknown_class", detail)) for i in range(start, end))
             continue
+        group = set(hashes[start:end])
+        if len(group) == end - start and rows.keys() >= group and group.isdisjoint(first_of):
+            # The usual folder: every image decoded before, none a copy of another (set
+            # operations instead of the loop below; the same outcome).
+            first_of.update(zip(hashes[start:end], range(start, end), strict=True))
+            kept += range(start, end)
+            labels += [label] * (end - start)
+            continue
         for i in range(start, end):
             digest = hashes[i]
             if digest not in rows:  # not decoded at this image size, or not decodable
@@ -495,7 +504,8 @@ def csv_field(value: str) -> str:
 def write_prepared(lake: Lake, prepared: Prepared, splits: list[str], classes: list[str]) -> None:
     """Write arrays, metadata and summary; ``_SUCCESS`` last, so readers never see half."""
     prefix = f"prepared/{prepared.dataset_version}"
-    x = prepared.pixels.astype(np.float32) / 255.0
+    x = prepared.pixels.astype(np.float32)
+    x /= np.float32(255.0)  # in place: the same values as ``/ 255.0``, one array fewer
     label_index = {c: i for i, c in enumerate(classes)}
     with lake.writer(f"{prefix}/data.npz") as fh:  # straight to the file: 3x faster
         np.savez(
@@ -506,35 +516,36 @@ def write_prepared(lake: Lake, prepared: Prepared, splits: list[str], classes: l
             hash=np.array(prepared.hashes),
             classes=np.array(classes),
         )
+    lake.write_bytes(f"{prefix}/metadata.csv", metadata_csv(prepared, splits).encode())
+    lake.write_bytes(f"{prefix}/_SUCCESS", b"")
 
-    flat = x.reshape(len(x), -1)
-    lows, highs, means = (
-        flat.min(axis=1, initial=1.0),
-        flat.max(axis=1, initial=0.0),
-        flat.mean(axis=1),
-    )
-    height, width = x.shape[1], x.shape[2]
+
+def metadata_csv(prepared: Prepared, splits: list[str]) -> str:
+    """One row per prepared image: what the data checks read.
+
+    Pixel statistics come from the 8-bit pixels: a minimum or maximum is one of 256 values
+    (formatted once), and the mean is exact (an integer sum), at a quarter of the memory
+    traffic of the float array.
+    """
+    pixels = prepared.pixels
+    count, height, width = pixels.shape
+    flat = pixels.reshape(count, height * width)
+    levels = [f"{k / 255:.6f}" for k in range(256)]
+    lows = flat.min(axis=1, initial=255).tolist()
+    highs = flat.max(axis=1, initial=0).tolist()
+    means = (flat.sum(axis=1, dtype=np.int64) / max(1, height * width * 255)).tolist()
     # Quoting is decided once for the whole column: checking each field costs more than the row.
     paths = prepared.paths
     if any(c in "".join(paths) for c in ',"\n'):
         paths = [csv_field(p) for p in paths]
     lines = ["content_hash,path,label,split,height,width,pixel_min,pixel_max,pixel_mean"]
     lines += [
-        f"{h},{p},{lbl},{sp},{height},{width},{lo:.6f},{hi:.6f},{mu:.6f}"
+        f"{h},{p},{lbl},{sp},{height},{width},{levels[lo]},{levels[hi]},{mu:.6f}"
         for h, p, lbl, sp, lo, hi, mu in zip(
-            prepared.hashes,
-            paths,
-            prepared.labels,
-            splits,
-            lows.tolist(),  # Python floats format several times faster than NumPy scalars
-            highs.tolist(),
-            means.tolist(),
-            strict=True,
+            prepared.hashes, paths, prepared.labels, splits, lows, highs, means, strict=True
         )
     ]
-    text = "\n".join(lines) + "\n"
-    lake.write_bytes(f"{prefix}/metadata.csv", text.encode())
-    lake.write_bytes(f"{prefix}/_SUCCESS", b"")
+    return "\n".join(lines) + "\n"
 
 
 def prepare(

@@ -176,6 +176,9 @@ def test_bad_images_go_to_quarantine_with_their_reason(
     some_digit = next((folder / "1").iterdir())
     shutil.copy(some_digit, folder / "7" / "copy-of-a-one.png")
     expected["7/copy-of-a-one.png"] = "conflicting_label"
+    # ...and twice under the same class (hex names sort before "twin"): a duplicate
+    shutil.copy(next((folder / "3").glob("*.png")), folder / "3" / "twin.png")
+    expected["3/twin.png"] = "duplicate"
 
     params_path = tmp_path / "params.yaml"
     params_path.write_text(
@@ -196,6 +199,44 @@ def test_bad_images_go_to_quarantine_with_their_reason(
             lake.read_bytes(f"{base}/{Path(item['path']).name}")
             == (folder / item["path"]).read_bytes()
         )
+    # a re-run (everything known from the caches) reaches the same verdicts
+    again = prepare_dir(folder)
+    assert again["decoded"] == 0
+    assert again["quarantine"] == [{**q} for q in result["quarantine"]]
+    assert again["by_class"] == result["by_class"]
+
+
+def test_a_copy_in_the_same_class_folder_is_a_duplicate_on_every_run(
+    flywheel_home: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    synthesize(folder, count=30, size=8, seed=4)
+    shutil.copy(next((folder / "2").glob("*.png")), folder / "2" / "twin.png")
+    for _ in range(2):  # decoding everything, then everything from the caches
+        result = prepare_dir(folder)
+        assert [(q["path"], q["reason"]) for q in result["quarantine"]] == [
+            ("2/twin.png", "duplicate")
+        ]
+        assert result["prepared"] == 30 and result["images_in"] == 31
+
+
+def test_metadata_statistics_match_the_prepared_arrays(flywheel_home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    synthesize(folder, count=60, size=8, seed=3)
+    prepare_dir(folder)
+    lake = open_lake(load_settings().lake_uri)
+    with np.load(io.BytesIO(lake.read_bytes("prepared/test/data.npz"))) as data:
+        x, hashes, splits = data["x"], data["hash"].tolist(), data["split"].tolist()
+    lines = lake.read_bytes("prepared/test/metadata.csv").decode().splitlines()
+    assert lines[0].split(",")[-3:] == ["pixel_min", "pixel_max", "pixel_mean"]
+    rows = [line.split(",") for line in lines[1:]]
+    assert [r[0] for r in rows] == hashes and [r[3] for r in rows] == splits
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    stats = np.array([[float(v) for v in r[-3:]] for r in rows])
+    assert np.allclose(stats[:, 0], flat.min(axis=1), atol=1e-6)
+    assert np.allclose(stats[:, 1], flat.max(axis=1), atol=1e-6)
+    assert np.allclose(stats[:, 2], flat.mean(axis=1), atol=1e-6)
+    assert {(r[4], r[5]) for r in rows} == {("8", "8")}
 
 
 def test_missing_folder_is_a_clear_error(flywheel_home: Path, tmp_path: Path) -> None:
