@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.table import Row, render, row
+from bench.table import Row, report, row
 from ml_tasks.local_servers import free_port, wait_for_http
 
 ENVIRONMENT = "steps"
@@ -288,12 +288,11 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
-    rows = run(count=args.count)
-    print(json.dumps(rows) if args.json else render(rows))
+    code = report(run(count=args.count), args.json)
     if not args.json:
         print("warm run, seconds per step:", {k: round(v, 2) for k, v in SPLITS.items()})
         print("warm run, S3 calls:", dict(REQUESTS.most_common()))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.table import Row, render
+from bench.table import Row, report
 from bench.table import row as table_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,9 +263,7 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
-    rows = run()
-    print(json.dumps(rows) if args.json else render(rows))
-    return 0 if all(r["ok"] is not False for r in rows) else 1
+    return report(run(), args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.table import Row, render, row
+from bench.table import Row, report, row
 
 ENVIRONMENT = "steps"
 
@@ -125,14 +125,7 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
-    rows = run(args.count)
-    if args.json:
-        import json
-
-        print(json.dumps(rows))
-    else:
-        print(render(rows))
-    return 0 if all(r["ok"] is not False for r in rows) else 1
+    return report(run(args.count), args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import base64
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.table import Row, render, row
-from ml_tasks.local_servers import free_port, stop_process_group, wait_for_http
+from bench.table import Row, report, row
+from ml_tasks.local_servers import free_port, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bench-digits"
@@ -66,27 +65,16 @@ def register_model(root: Path) -> tuple[str, np.ndarray]:
 @contextmanager
 def _server(command: list[str], env: dict[str, str], health: str, log: Path) -> Iterator[int]:
     """A server subprocess on a free loopback port (``{port}`` in ``command``); yields the port."""
-
     port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [c.replace("{port}", str(port)) for c in command],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
-        try:
-            try:
-                wait_for_http(
-                    f"http://127.0.0.1:{port}{health}", 180, alive=lambda: proc.poll() is None
-                )
-            except (RuntimeError, TimeoutError) as exc:
-                raise RuntimeError(f"{command[:4]}: {exc}: {log.read_text()[-2000:]}") from exc
-            yield port
-        finally:
-            stop_process_group(proc)
+    with running_server(
+        [c.replace("{port}", str(port)) for c in command],
+        health_url=f"http://127.0.0.1:{port}{health}",
+        log_path=log,
+        timeout=180,
+        env=env,
+        cwd=REPO,
+    ):
+        yield port
 
 
 def _request(port: int, path: str, payload: Any) -> bytes:
@@ -319,9 +307,7 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
-    rows = run()
-    print(json.dumps(rows) if args.json else render(rows))
-    return 0 if all(r["ok"] is not False for r in rows) else 1
+    return report(run(), args.json)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypedDict
 
 
@@ -50,3 +51,10 @@ def render(rows: list[Row]) -> str:
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
     return "\n".join(out)
+
+
+def report(rows: list[Row], as_json: bool = False) -> int:
+    """Print the rows (JSON is how ``python -m bench`` collects them from another environment);
+    the exit code is 1 when a target was missed."""
+    print(json.dumps(rows) if as_json else render(rows))
+    return 0 if all(r["ok"] is not False for r in rows) else 1

@@ -11,7 +11,9 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -47,3 +49,41 @@ def stop_process_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) ->
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextmanager
+def running_server(
+    command: Sequence[str],
+    *,
+    health_url: str,
+    log_path: Path,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, ready when the block starts and stopped (with its children) after it.
+
+    It runs in a session of its own with its output in ``log_path``; "ready" means
+    ``health_url`` answers. When it exits or stays silent instead, the error carries the end
+    of its log: the reason is almost always there.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            list(command),
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            try:
+                wait_for_http(health_url, timeout, alive=lambda: proc.poll() is None)
+            except (RuntimeError, TimeoutError) as exc:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                name = " ".join(Path(part).name for part in command[:3])
+                raise RuntimeError(f"{name}: {exc}; the end of {log_path}:\n{tail}") from exc
+            yield proc
+        finally:
+            stop_process_group(proc)

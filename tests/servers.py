@@ -7,14 +7,12 @@ interpreter (``FLYWHEEL_STEPS_PYTHON``), the S3 endpoint is moto's threaded serv
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ml_tasks.local_servers import free_port, stop_process_group
-from ml_tasks.local_servers import wait_for_http as shared_wait
+from ml_tasks.local_servers import free_port, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,22 +25,13 @@ def steps_python() -> str:
     return str(candidate) if candidate.exists() else sys.executable
 
 
-def wait_for_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    shared_wait(url, timeout, alive=None if proc is None else lambda: proc.poll() is None)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a server and everything it spawned (it runs in its own process group)."""
-    stop_process_group(proc)
-
-
 @contextmanager
 def mlflow_server(workdir: Path) -> Iterator[str]:
     """An MLflow tracking server (SQLite backend, served artifacts); yields its URL."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    log = (workdir / "mlflow-server.log").open("wb")
-    proc = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    with running_server(
         [
             steps_python(),
             "-m",
@@ -60,18 +49,11 @@ def mlflow_server(workdir: Path) -> Iterator[str]:
             "--workers",
             "1",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        health_url=f"{url}/health",
+        log_path=workdir / "mlflow-server.log",
         cwd=workdir,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", timeout=120, proc=proc)
+    ):
         yield url
-    finally:
-        stop(proc)
-        log.close()
 
 
 @contextmanager

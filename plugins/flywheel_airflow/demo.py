@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ml_tasks.local_servers import free_port, stop_process_group, wait_for_http
+from ml_tasks.local_servers import free_port, running_server, stop_process_group
 
 CODE_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "training"
@@ -144,34 +144,27 @@ def api_server(env: Mapping[str, str], log_path: Path) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**env, "AIRFLOW__API__BASE_URL": url, "AIRFLOW__API__PORT": str(port)}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "airflow"),
-                "api-server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-w",
-                "1",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            try:
-                wait_for_http(
-                    f"{url}/api/v2/monitor/health", 120, alive=lambda: proc.poll() is None
-                )
-            except (RuntimeError, TimeoutError) as exc:
-                raise RuntimeError(f"api-server did not start: {exc}; see {log_path}") from exc
-            yield url
-        finally:
-            stop_process_group(proc)
+    command = [str(Path(sys.executable).parent / "airflow"), "api-server"]
+    with running_server(
+        [*command, "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
+        health_url=f"{url}/api/v2/monitor/health",
+        log_path=log_path,
+        env=env,
+    ):
+        yield url
+
+
+def api_connection(url: str, login: str, password: str) -> dict[str, str]:
+    """The environment variable that gives tasks the Airflow Connection to this api-server."""
+    connection = {
+        "conn_type": "http",
+        "host": "127.0.0.1",
+        "port": int(url.rsplit(":", 1)[1]),
+        "schema": "http",
+        "login": login,
+        "password": password,
+    }
+    return {"AIRFLOW_CONN_FLYWHEEL_AIRFLOW_API": json.dumps(connection)}
 
 
 class ApiError(RuntimeError):
@@ -291,16 +284,7 @@ def run_demo(*, answer: str = "Approve", conf: dict[str, Any] | None = None) -> 
     print(f"dataset: {json.loads(done.stdout)}", flush=True)
     with api_server(env, airflow_home / "logs" / "api-server.log") as url:
         # The note the gates write (register-if-better's reason) goes through the same API.
-        env["AIRFLOW_CONN_FLYWHEEL_AIRFLOW_API"] = json.dumps(
-            {
-                "conn_type": "http",
-                "host": "127.0.0.1",
-                "port": int(url.rsplit(":", 1)[1]),
-                "schema": "http",
-                "login": APPROVER,
-                "password": passwords[APPROVER],
-            }
-        )
+        env.update(api_connection(url, APPROVER, passwords[APPROVER]))
         api = AirflowApi(url, passwords)
         print(f"api-server: {url} (log in as {APPROVER} to see Required Actions)", flush=True)
         test = subprocess.Popen(

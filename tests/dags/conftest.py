@@ -31,6 +31,7 @@ from flywheel_airflow.demo import (  # noqa: E402
     AirflowApi,
     airflow_cli,
     airflow_env,
+    api_connection,
     api_server,
     ensure_passwords,
 )
@@ -124,18 +125,11 @@ def airflow_api(airflow_db: Path) -> Iterator[AirflowApi]:
         passwords = json.loads(
             (airflow_db / "simple_auth_manager_passwords.json.generated").read_text()
         )
-        os.environ["AIRFLOW_CONN_FLYWHEEL_AIRFLOW_API"] = json.dumps(
-            {
-                "conn_type": "http",
-                "host": "127.0.0.1",
-                "port": int(url.rsplit(":", 1)[1]),
-                "schema": "http",
-                "login": APPROVER,
-                "password": passwords[APPROVER],
-            }
-        )
+        connection = api_connection(url, APPROVER, passwords[APPROVER])
+        os.environ.update(connection)
         yield AirflowApi(url, passwords)
-        os.environ.pop("AIRFLOW_CONN_FLYWHEEL_AIRFLOW_API", None)
+        for name in connection:
+            os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")

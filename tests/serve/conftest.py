@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.servers import REPO, free_port, steps_python, stop, wait_for_http
+from ml_tasks.local_servers import running_server
+from tests.servers import REPO, free_port, steps_python
 
 MODEL_NAME = "digits"
 
@@ -136,24 +137,19 @@ def model_server(
         **(env or {}),
     }
     full_env.pop("FLYWHEEL_LOG_PATH", None)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [steps_python(), "-m", "ml_tasks.serve", "--http-port", str(port), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=REPO,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    with running_server(
+        [steps_python(), "-m", "ml_tasks.serve", "--http-port", str(port), *args],
+        health_url=f"{url}/v2/health/ready",
+        log_path=log_path,
+        env=full_env,
+        cwd=REPO,
+    ) as proc:
         try:
-            wait_for_http(f"{url}/v2/health/ready", timeout=120, proc=proc)
             yield Server(url=url, proc=proc, home=home, log=log_path)
         except Exception:
-            print(log_path.read_text()[-4000:])
+            print(log_path.read_text()[-4000:])  # a failing test shows what the server said
             raise
-        finally:
-            stop(proc)
 
 
 def wait_until(predicate: Any, timeout: float = 20.0, every: float = 0.2) -> Any:
