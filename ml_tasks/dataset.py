@@ -170,6 +170,20 @@ def workspace_matches(settings: Settings) -> bool:
     return done.returncode == 0 and json.loads(done.stdout or "{}") == {}
 
 
+def cached_manifest(settings: Settings, version: str) -> dict[str, str] | None:
+    """Relative path -> DVC md5 of every file of ``version``, from DVC's local cache.
+
+    DVC records a version's files in a ``.dir`` object; it is in the local cache once the
+    version was added or pulled here. None when it is not (or unreadable): ask DVC instead.
+    """
+    path = settings.repo / ".dvc" / "cache" / "files" / "md5" / version[:2] / f"{version[2:]}.dir"
+    try:
+        entries = json.loads(path.read_bytes())
+        return {str(e["relpath"]): str(e["md5"]) for e in entries}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 def add_version(settings: Settings, note: str, *, when: datetime | None = None) -> DatasetVersion:
     """Record ``data/images`` as a dataset version: ``dvc add``, push, and index it."""
     run_dvc(settings, "add", "--quiet", "data/images")

@@ -242,3 +242,39 @@ def test_metadata_statistics_match_the_prepared_arrays(flywheel_home: Path, tmp_
 def test_missing_folder_is_a_clear_error(flywheel_home: Path, tmp_path: Path) -> None:
     with pytest.raises(StepError, match="is not a folder"):
         prepare_dir(tmp_path / "nowhere")
+
+
+def test_a_folder_that_differs_from_its_dvc_record_is_refused_before_any_output(
+    flywheel_home: Path, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from ml_tasks.config import load_params
+    from ml_tasks.prepare import FolderDiffers, prepare_images
+
+    folder = tmp_path / "images"
+    synthesize(folder, count=30, size=8, seed=5)
+    files = sorted(p for p in folder.rglob("*.png"))
+    manifest = {
+        p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files
+    }
+    settings = load_settings()
+    lake = open_lake(settings.lake_uri)
+
+    def run(version: str) -> object:
+        return prepare_images(
+            folder,
+            dataset_version=version,
+            lake=lake,
+            cache_dir=tmp_path / "cache",
+            params=load_params(settings.params_path)["prepare"],
+            manifest=manifest,
+        )
+
+    run("recorded")
+    run("recorded-again")  # from the index this time: the md5s were remembered
+    files[0].write_bytes(files[1].read_bytes())  # rewritten in place
+    with pytest.raises(FolderDiffers, match="at 1 path") as differs:
+        run("edited")
+    assert differs.value.paths == [files[0].relative_to(folder).as_posix()]
+    assert not list(lake.list("quarantine/"))  # refused before its copy was quarantined

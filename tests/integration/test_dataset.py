@@ -1,5 +1,6 @@
 """The versioned dataset on a fresh clone: DVC to a local remote and to S3, and versions by date."""
 
+import io
 import json
 import shutil
 import subprocess
@@ -97,3 +98,41 @@ def test_version_as_of_a_date_follows_the_index(
     assert version_as_of(settings, datetime(2027, 1, 1)).version == "bbb"
     with pytest.raises(StepError, match="no dataset version existed"):
         version_as_of(settings, datetime(2025, 12, 31, tzinfo=UTC))
+
+
+def test_prepare_checks_the_work_tree_against_dvcs_record_of_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_tasks import dataset, events
+    from ml_tasks.config import load_settings
+    from ml_tasks.prepare import prepare
+
+    env = base_env(tmp_path)
+    version = materialize(env)["dataset_version"]
+    for name in ("FLYWHEEL_REPO", "FLYWHEEL_HOME"):
+        monkeypatch.setenv(name, env[name])
+    for name in ("FLYWHEEL_LAKE_URI", "FLYWHEEL_LOG_PATH", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    log = tmp_path / "events.jsonl"
+    monkeypatch.setattr(events._state, "path", log)  # what `configure` sets, undone after
+    monkeypatch.setattr(events._state, "stream", io.StringIO())
+    real_status = dataset.workspace_matches
+
+    def no_status(settings: object) -> bool:
+        raise AssertionError("`dvc status` ran: the work tree was not checked by the scan")
+
+    # the work tree holds the version: checked by prepare's own scan against DVC's record
+    monkeypatch.setattr(dataset, "workspace_matches", no_status)
+    result = prepare(load_settings())
+    assert result["dataset_version"] == version and result["images_in"] == 1797
+
+    # an image added without `dvc add`: the version is prepared from DVC, not the work tree
+    images = Path(env["FLYWHEEL_REPO"]) / "data" / "images"
+    shutil.copy(next((images / "3").glob("*.png")), images / "3" / "not-added.png")
+    monkeypatch.setattr(dataset, "workspace_matches", real_status)
+    result = prepare(load_settings())
+    assert result["dataset_version"] == version and result["images_in"] == 1797
+    logged = events.read_events(log)
+    differs = [e for e in logged if e["action"] == "workspace_differs"]
+    assert len(differs) == 1 and "3/not-added.png" in differs[0]["detail"]
+    assert [e["dataset_version"] for e in logged if e["action"] == "dataset_fetched"] == [version]
