@@ -24,7 +24,8 @@ Claiming must never lose an image, never claim one twice, and survive a crash at
 On a retry, an image whose copy exists and whose source is gone was already moved; one whose
 source and copy are both gone was taken and finished by another run before we listed it: it is
 dropped from this batch. An entry left open by a run that is never retried keeps its images out
-of later claims: rerun that run, or delete its entry to release them.
+of later claims: rerun that run, or delete its entry to release them. Closed entries older than
+the newest are pruned after each claim, so the ledger stays short.
 
 ``python -m ml_tasks.annotation.claim --batch B --max-images N``.
 """
@@ -51,7 +52,6 @@ from ml_tasks.annotation.batches import (
     add_batch_options,
     batch_from_args,
     batch_key,
-    read_json,
     read_json_if_exists,
     sidecar_of,
     write_json,
@@ -219,8 +219,13 @@ def claim_batch(lake: Lake, batch: str, max_images: int) -> dict[str, Any]:
         manifest = move_images(store, batch, manifest, listing)
         write_json(lake, manifest_key, manifest)
     # The entry closes last: while it is open no other run can take these images.
+    pruned = 0
     if manifest.get("ledger") is not None:
         lake.write_bytes(ledger_key(int(manifest["ledger"]), DONE), b"")
+        try:
+            pruned = prune_ledger(store)
+        except Exception as exc:  # housekeeping only: the claim itself is complete
+            events.emit("ledger_not_pruned", level="warning", batch=batch, error=str(exc))
     images = manifest["images"]
     events.emit(
         "images_claimed",
@@ -229,6 +234,7 @@ def claim_batch(lake: Lake, batch: str, max_images: int) -> dict[str, Any]:
         resumed=resumed,
         dropped=len(manifest.get("dropped", [])),
         ledger_entry=manifest.get("ledger"),
+        ledger_pruned=pruned,
     )
     return {
         "batch": batch,
@@ -249,6 +255,26 @@ def ledger_number(key: str, suffix: str) -> int | None:
     return int(stem) if key.endswith(suffix) and stem.isdigit() else None
 
 
+def prune_ledger(store: ClaimStore) -> int:
+    """Delete the closed entries older than the newest one; returns how many went.
+
+    Keeps the ledger a few objects long however many batches ran, so reserving stays one short
+    listing. The newest entry stays even when closed (it carries the next number), and open
+    entries stay (they hold their images). A closed entry's images already left ``incoming/``,
+    so a run that finds one gone while reading loses nothing. Entries go before their ``.done``
+    marks: a crash in between leaves a mark, pruned next time, never a reopened entry.
+    """
+    keys = store.listing(LEDGER)
+    entries = {n for n in (ledger_number(k, ENTRY) for k in keys) if n is not None}
+    if not entries:
+        return 0
+    newest = max(entries)
+    closed = [n for n in (ledger_number(k, DONE) for k in keys) if n is not None and n < newest]
+    store.delete_many([ledger_key(n) for n in closed if n in entries])
+    store.delete_many([ledger_key(n, DONE) for n in closed])
+    return sum(1 for n in closed if n in entries)
+
+
 @dataclass(frozen=True)
 class Reservation:
     entry: int | None  # the ledger entry; None when nothing was waiting
@@ -267,9 +293,11 @@ def reserve(store: ClaimStore, batch: str, limit: int) -> Reservation:
         held: set[str] = set()
         for entry, content in zip(
             still_open,
-            parallel(lambda e: read_json(store.lake, ledger_key(e)), still_open),
+            parallel(lambda e: read_json_if_exists(store.lake, ledger_key(e)), still_open),
             strict=True,
         ):
+            if content is None:  # closed and pruned since the listing: its images are gone
+                continue
             if content["batch"] == batch:  # reserved by an attempt of ours that then crashed
                 return Reservation(entry, list(content["images"]), store.listing(INCOMING), True)
             held.update(content["images"])

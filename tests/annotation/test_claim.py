@@ -55,6 +55,12 @@ def open_ledger_entries(lake: Lake) -> set[str]:
     return opened - {k.removesuffix(".done") for k in keys if k.endswith(".done")}
 
 
+def ledger_entry(lake: Lake, batch: str) -> int:
+    import json
+
+    return int(json.loads(lake.read_bytes(f"annotation/{batch}/manifest.json"))["ledger"])
+
+
 def claimed_names(lake: Lake, batch: str) -> list[str]:
     import json
 
@@ -164,7 +170,30 @@ def test_a_run_that_loses_a_ledger_number_reads_again_and_takes_other_images(
     ours = claim_batch(lake, "ours", 5)
     assert rival_done[0]["images"] == 5 and ours["images"] == 3
     assert not set(claimed_names(lake, "ours")) & set(claimed_names(lake, "rival"))
-    assert sorted(k for k in lake.list("annotation/.claims/ledger/") if k.endswith(".json")) == [
-        "annotation/.claims/ledger/0000000001.json",
-        "annotation/.claims/ledger/0000000002.json",
+    assert [ledger_entry(lake, b) for b in ("rival", "ours")] == [1, 2]
+
+
+def test_the_ledger_keeps_only_open_entries_and_the_newest(lake: Lake) -> None:
+    import json
+
+    ledger = "annotation/.claims/ledger/"
+    put_waiting(lake, 12)
+    claim_batch(lake, "first", 3)  # entry 1
+    # a run that crashed after reserving holds entry 2 open
+    waiting = sorted(k for k in lake.list("incoming/") if k.endswith(".png"))
+    lake.write_bytes(
+        f"{ledger}0000000002.json", json.dumps({"batch": "crashed", "images": waiting[:3]}).encode()
+    )
+    claim_batch(lake, "third", 3)  # entry 3; prunes closed entry 1, keeps the open 2
+    assert sorted(lake.list(ledger)) == [
+        f"{ledger}0000000002.json",
+        f"{ledger}0000000003.done",
+        f"{ledger}0000000003.json",
     ]
+    assert claim_batch(lake, "crashed", 3)["resumed"]  # closes 2, which is then pruned
+    assert sorted(lake.list(ledger)) == [f"{ledger}0000000003.done", f"{ledger}0000000003.json"]
+    claim_batch(lake, "fourth", 3)
+    assert ledger_entry(lake, "fourth") == 4  # numbering goes on from the newest entry
+    assert sorted(lake.list(ledger)) == [f"{ledger}0000000004.done", f"{ledger}0000000004.json"]
+    names = [n for b in ("first", "crashed", "third", "fourth") for n in claimed_names(lake, b)]
+    assert len(names) == len(set(names)) == 12 and not list(lake.list("incoming/"))
