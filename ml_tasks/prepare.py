@@ -43,7 +43,7 @@ from ml_tasks.lake import Lake, LocalLake, open_lake
 from ml_tasks.step import StepError, add_result_option, run_step
 
 CACHE_FORMAT = "v1"
-IDS = 64 + 32  # a file's ids in the file index: sha256 (content hash) and md5 (DVC's), in hex
+IDS = 64 + 32  # a file's ids (see Scan): sha256 and md5, in hex
 SPLITS = ("train", "val", "test")
 
 
@@ -262,19 +262,23 @@ class FileIndex:
 
 @dataclass
 class Scan:
-    """Every file of a dataset folder, sorted by relative path, with its content hash.
+    """Every file of a dataset folder, sorted by relative path, with its ids.
 
-    ``groups`` are runs of rows that share a folder: (first row, end row, class label or None
-    when the folder is not a class folder directly under the root).
+    A file's ids are its content hash (sha256, which keys the caches and the split) followed by
+    DVC's md5 of it (which checks the folder against a dataset version), both in hex. ``groups``
+    are runs of rows that share a folder: (first row, end row, class label or None when the
+    folder is not a class folder directly under the root).
     """
 
     rels: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)  # content hash + DVC's md5 (checks a version)
+    ids: list[str] = field(default_factory=list)
     groups: list[tuple[int, int, str | None]] = field(default_factory=list)
     read: int = 0
+
+    def hashes(self) -> list[str]:
+        return [ids[:64] for ids in self.ids]
 
     def differences(self, manifest: dict[str, str]) -> list[str]:
         """Paths where these files and a DVC version's ``manifest`` (path -> md5) disagree."""
@@ -366,7 +370,6 @@ def scan_folder(
         scan.sizes += sizes
         scan.mtimes += mtimes
         scan.ids += found  # type: ignore[arg-type]  # every None was filled above
-        scan.hashes += [ids[:64] for ids in found]  # type: ignore[index]
         scan.groups.append((first, len(scan.rels), label))
         if on_group is not None:
             on_group(len(names), scan.read - read_before)
@@ -459,7 +462,7 @@ def prepare_images(
         index.save(scan)
         raise FolderDiffers(folder, differences)
     out.images_in = len(scan.rels)
-    hashes, rels = scan.hashes, scan.rels
+    hashes, rels = scan.hashes(), scan.rels
 
     problems: dict[int, tuple[str, str]] = {}
     kept: list[int] = []
