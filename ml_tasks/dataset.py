@@ -303,6 +303,11 @@ def checkout_version(settings: Settings, version: str, dest: Path) -> Path:
     """
     if tracked_version(settings) == version and workspace_matches(settings):
         return settings.data_dir
+    return fetch_version(settings, version, dest)
+
+
+def fetch_version(settings: Settings, version: str, dest: Path) -> Path:
+    """``dest/<version>``: the version's files read through DVC at its git revision (once)."""
     target = dest / version
     if (target / ".complete").exists():
         return target

@@ -278,6 +278,7 @@ class Scan:
     read: int = 0
 
     def hashes(self) -> list[str]:
+        """Each file's content hash, in row order."""
         return [ids[:64] for ids in self.ids]
 
     def differences(self, manifest: dict[str, str]) -> list[str]:
@@ -595,7 +596,7 @@ def prepare(
     progress: bool = False,
 ) -> dict[str, Any]:
     """The whole step: resolve the dataset version, prepare it, write it to the lake."""
-    from ml_tasks.dataset import cached_manifest, checkout_version, tracked_version
+    from ml_tasks.dataset import cached_manifest, checkout_version, fetch_version, tracked_version
 
     params = load_params(settings.params_path)["prepare"]
     lake = open_lake(settings.lake_uri)
@@ -613,6 +614,7 @@ def prepare(
         )
 
     prepared: Prepared | None = None
+    datasets = settings.home / "datasets"  # versions fetched through DVC, one folder each
     if data_dir is not None:
         if not data_dir.is_dir():
             raise StepError(f"--data-dir {data_dir} is not a folder")
@@ -637,10 +639,10 @@ def prepare(
                 events.emit(
                     "workspace_differs", level="warning", dataset_version=version, detail=str(exc)
                 )
+                # Already known not to hold it: fetch without asking `dvc status` again.
+                prepared = prepare_folder(fetch_version(settings, version, datasets))
         if prepared is None:
-            prepared = prepare_folder(
-                checkout_version(settings, version, settings.home / "datasets")
-            )
+            prepared = prepare_folder(checkout_version(settings, version, datasets))
     splits = splits_of(prepared.hashes, params["split"])
     write_prepared(lake, prepared, splits, classes)
     result = prepared.result(splits, classes)

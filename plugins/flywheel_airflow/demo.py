@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from flywheel_airflow.gates import API_CONN_ID
 from ml_tasks.local_servers import free_port, running_server, stop_process_group
 
 CODE_ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +165,7 @@ def api_connection(url: str, login: str, password: str) -> dict[str, str]:
         "login": login,
         "password": password,
     }
-    return {"AIRFLOW_CONN_FLYWHEEL_AIRFLOW_API": json.dumps(connection)}
+    return {f"AIRFLOW_CONN_{API_CONN_ID.upper()}": json.dumps(connection)}
 
 
 class ApiError(RuntimeError):

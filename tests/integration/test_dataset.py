@@ -116,12 +116,12 @@ def test_prepare_checks_the_work_tree_against_dvcs_record_of_the_version(
     log = tmp_path / "events.jsonl"
     monkeypatch.setattr(events._state, "path", log)  # what `configure` sets, undone after
     monkeypatch.setattr(events._state, "stream", io.StringIO())
-    real_status = dataset.workspace_matches
 
     def no_status(settings: object) -> bool:
         raise AssertionError("`dvc status` ran: the work tree was not checked by the scan")
 
     # the work tree holds the version: checked by prepare's own scan against DVC's record
+    # (and `dvc status` never runs below either)
     monkeypatch.setattr(dataset, "workspace_matches", no_status)
     result = prepare(load_settings())
     assert result["dataset_version"] == version and result["images_in"] == 1797
@@ -129,7 +129,6 @@ def test_prepare_checks_the_work_tree_against_dvcs_record_of_the_version(
     # an image added without `dvc add`: the version is prepared from DVC, not the work tree
     images = Path(env["FLYWHEEL_REPO"]) / "data" / "images"
     shutil.copy(next((images / "3").glob("*.png")), images / "3" / "not-added.png")
-    monkeypatch.setattr(dataset, "workspace_matches", real_status)
     result = prepare(load_settings())
     assert result["dataset_version"] == version and result["images_in"] == 1797
     logged = events.read_events(log)
