@@ -16,6 +16,7 @@ Commands (``python -m ml_tasks.dataset --help``):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -170,18 +171,77 @@ def workspace_matches(settings: Settings) -> bool:
     return done.returncode == 0 and json.loads(done.stdout or "{}") == {}
 
 
+def dvc_objects(settings: Settings) -> Path:
+    """DVC's local cache of file contents, one object per md5 (``<md5[:2]>/<md5[2:]>``)."""
+    return settings.repo / ".dvc" / "cache" / "files" / "md5"
+
+
 def cached_manifest(settings: Settings, version: str) -> dict[str, str] | None:
     """Relative path -> DVC md5 of every file of ``version``, from DVC's local cache.
 
     DVC records a version's files in a ``.dir`` object; it is in the local cache once the
     version was added or pulled here. None when it is not (or unreadable): ask DVC instead.
     """
-    path = settings.repo / ".dvc" / "cache" / "files" / "md5" / version[:2] / f"{version[2:]}.dir"
+    path = dvc_objects(settings) / version[:2] / f"{version[2:]}.dir"
     try:
         entries = json.loads(path.read_bytes())
         return {str(e["relpath"]): str(e["md5"]) for e in entries}
     except (OSError, ValueError, TypeError, KeyError):
         return None
+
+
+class VersionNotLocal(Exception):
+    """Some files of a dataset version are neither in DVC's local cache nor in the work tree."""
+
+    def __init__(self, paths: list[str]) -> None:
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        super().__init__(
+            f"{len(paths)} file(s) of the version are not in DVC's local cache and differ "
+            f"in (or are missing from) the work tree: {shown}"
+        )
+        self.paths = paths
+
+
+@dataclass(frozen=True)
+class VersionFiles:
+    """A dataset version as DVC records it (path -> md5), and where its files' bytes may be.
+
+    A file is read from DVC's local cache, or from the work tree, and only when its md5 is the
+    recorded one: whatever the work tree holds now (a file added without ``dvc add``, one
+    rewritten in place, another version), what is read is the version's.
+    """
+
+    manifest: dict[str, str]
+    objects: Path
+    work_tree: Path | None = None
+
+    def read(self, rel: str) -> bytes | None:
+        """The bytes of ``rel`` in this version; None when neither place holds them."""
+        md5 = self.manifest[rel]
+        places = [self.objects / md5[:2] / md5[2:]]
+        if self.work_tree is not None:
+            places.append(self.work_tree / rel)
+        for path in places:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if hashlib.md5(data, usedforsecurity=False).hexdigest() == md5:
+                return data
+        return None
+
+    def read_or_raise(self, rel: str) -> bytes:
+        if (data := self.read(rel)) is None:
+            raise VersionNotLocal([rel])
+        return data
+
+
+def local_version(settings: Settings, version: str) -> VersionFiles | None:
+    """``version``'s files as this machine holds them, when DVC's record of it is here."""
+    manifest = cached_manifest(settings, version)
+    if manifest is None:
+        return None
+    return VersionFiles(manifest, dvc_objects(settings), settings.data_dir)
 
 
 def add_version(settings: Settings, note: str, *, when: datetime | None = None) -> DatasetVersion:

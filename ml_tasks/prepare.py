@@ -38,6 +38,7 @@ import numpy as np
 
 from ml_tasks import events
 from ml_tasks.config import Settings, load_params, load_settings
+from ml_tasks.dataset import VersionFiles, VersionNotLocal
 from ml_tasks.images import BadImage, content_hash, decode_image
 from ml_tasks.lake import Lake, LocalLake, open_lake
 from ml_tasks.step import StepError, add_result_option, run_step
@@ -260,14 +261,71 @@ class FileIndex:
         )
 
 
+class ContentIds:
+    """DVC's md5 -> content hash (sha256) of every file read while preparing a dataset version.
+
+    DVC names a version's files by md5; the caches here are keyed by sha256 (which also decides
+    the split). With this map a version is prepared from DVC's record of it alone: a file seen
+    before is not opened, not even ``stat``-ed. Stored as append-only text shards of 96-char ids
+    (sha256 then md5, as in :attr:`Scan.ids`), merged when many have piled up.
+    """
+
+    MAX_SHARDS = 16
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.folder = cache_dir / "content-ids"
+        self.known: dict[str, str] = {}  # md5 -> sha256
+        self.fresh: list[str] = []
+        self._shards: list[Path] = []
+        self._blob = ""
+
+    def load(self) -> ContentIds:
+        """Every shard that is whole (a damaged one is skipped: its files are read again)."""
+        blobs: list[str] = []
+        if self.folder.exists():
+            for shard in sorted(self.folder.glob("*.ids")):
+                try:
+                    blob = shard.read_bytes().decode("ascii")
+                except (OSError, UnicodeDecodeError):
+                    continue  # merged away by a concurrent run, or damaged: cache misses
+                if len(blob) % IDS == 0:
+                    blobs.append(blob)
+                    self._shards.append(shard)
+        self._blob = joined = "".join(blobs)
+        rows = range(0, len(joined), IDS)
+        self.known = {joined[i + 64 : i + IDS]: joined[i : i + 64] for i in rows}
+        return self
+
+    def add(self, sha256: str, md5: str) -> None:
+        self.known[md5] = sha256
+        self.fresh.append(sha256 + md5)
+
+    def save(self) -> None:
+        if not self.fresh:
+            return
+        blob = "".join(self.fresh)
+        shard = self.folder / f"{uuid.uuid4().hex}.ids"
+        write_atomic(shard, blob.encode("ascii"))
+        self._shards.append(shard)
+        self._blob += blob
+        self.fresh = []
+        if len(self._shards) > self.MAX_SHARDS:
+            merged = self.folder / f"{uuid.uuid4().hex}.ids"
+            write_atomic(merged, self._blob.encode("ascii"))
+            for old in self._shards:
+                old.unlink(missing_ok=True)
+            self._shards = [merged]
+
+
 @dataclass
 class Scan:
     """Every file of a dataset folder, sorted by relative path, with its ids.
 
     A file's ids are its content hash (sha256, which keys the caches and the split) followed by
-    DVC's md5 of it (which checks the folder against a dataset version), both in hex. ``groups``
-    are runs of rows that share a folder: (first row, end row, class label or None when the
-    folder is not a class folder directly under the root).
+    DVC's md5 of it (which names it in a dataset version), both in hex. ``sizes`` and ``mtimes``
+    are filled by a folder's scan only (a version's files are known by md5). ``groups`` are
+    runs of rows that share a folder: (first row, end row, class label or None when the folder
+    is not a class folder directly under the root).
     """
 
     rels: list[str] = field(default_factory=list)
@@ -281,26 +339,15 @@ class Scan:
         """Each file's content hash, in row order."""
         return [ids[:64] for ids in self.ids]
 
-    def differences(self, manifest: dict[str, str]) -> list[str]:
-        """Paths where these files and a DVC version's ``manifest`` (path -> md5) disagree."""
-        md5s = [ids[64:] for ids in self.ids]
-        if len(manifest) == len(self.rels) and list(map(manifest.get, self.rels)) == md5s:
-            return []  # the usual answer, at C speed
-        ours = dict(zip(self.rels, md5s, strict=True))
-        return sorted(
-            rel for rel in ours.keys() | manifest.keys() if ours.get(rel) != manifest.get(rel)
-        )
-
 
 def list_folder(folder: Path) -> list[tuple[str, list[str]]]:
     """(relative folder, sorted file names) for every folder under ``folder``, in path order.
 
-    Ordered so that concatenating the groups gives the files sorted by relative path: a
-    folder sorts by its name plus ``/``, a loose file by its name. Hidden entries are skipped
-    and, as with ``os.walk``, symlinked folders are not entered. ``os.scandir`` directly: it
-    tells folders from files without a ``stat`` and costs a third of ``os.walk``.
+    Hidden entries are skipped and, as with ``os.walk``, symlinked folders are not entered.
+    ``os.scandir`` directly: it tells folders from files without a ``stat`` and costs a third
+    of ``os.walk``.
     """
-    groups: list[tuple[str, str, list[str]]] = []  # (sort key, relative folder, names)
+    folders: dict[str, list[str]] = {}
 
     def visit(path: str, rel_dir: str) -> None:
         names: list[str] = []
@@ -313,13 +360,34 @@ def list_folder(folder: Path) -> list[tuple[str, list[str]]]:
                     names.append(name)
                 elif not entry.is_symlink():
                     visit(entry.path, f"{rel_dir}/{name}" if rel_dir else name)
-        names.sort()
-        if not rel_dir:
-            groups.extend((name, "", [name]) for name in names)
-        elif names:
-            groups.append((f"{rel_dir}/", rel_dir, names))
+        if names:
+            folders[rel_dir] = names
 
     visit(str(folder), "")
+    return in_path_order(folders)
+
+
+def group_paths(rels: list[str]) -> list[tuple[str, list[str]]]:
+    """:func:`list_folder`'s answer for a list of relative paths (a dataset version's)."""
+    folders: dict[str, list[str]] = {}
+    for rel in rels:
+        rel_dir, _, name = rel.rpartition("/")
+        if (names := folders.get(rel_dir)) is None:
+            folders[rel_dir] = names = []
+        names.append(name)
+    return in_path_order(folders)
+
+
+def in_path_order(folders: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+    """Folders and their sorted names, ordered so that the groups concatenated give the files
+    sorted by path: a folder sorts by its name plus ``/``, a loose file by its name."""
+    groups: list[tuple[str, str, list[str]]] = []  # (sort key, relative folder, names)
+    for rel_dir, names in folders.items():
+        names.sort()
+        if rel_dir:
+            groups.append((f"{rel_dir}/", rel_dir, names))
+        else:
+            groups.extend((name, "", [name]) for name in names)
     groups.sort(key=lambda group: group[0])
     return [(rel_dir, names) for _, rel_dir, names in groups]
 
@@ -377,15 +445,47 @@ def scan_folder(
     return scan
 
 
-class FolderDiffers(Exception):
-    """The folder does not hold the dataset version it was expected to hold."""
+def scan_version(
+    files: VersionFiles,
+    listing: list[tuple[str, list[str]]],
+    ids: ContentIds,
+    on_new_content: Callable[[str, bytes, str | None], None],
+    on_group: Callable[[int, int], None] | None = None,
+) -> Scan:
+    """:func:`scan_folder` for a dataset version: files are known by DVC's md5, not by stat.
 
-    def __init__(self, folder: Path, paths: list[str]) -> None:
-        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-        super().__init__(
-            f"{folder} differs from the dataset version at {len(paths)} path(s): {shown}"
-        )
-        self.paths = paths
+    A file whose md5 was read before (in ``ids``) costs one look-up; the others are read,
+    checked against their md5 (see :meth:`VersionFiles.read`), hashed and added to ``ids``.
+    Raises :class:`VersionNotLocal`, after the whole scan, when some cannot be read here.
+    """
+    scan, manifest, known = Scan(), files.manifest, ids.known
+    missing: list[str] = []
+    for rel_dir, names in listing:
+        label = rel_dir if rel_dir and "/" not in rel_dir else None
+        rels = [f"{rel_dir}/{name}" for name in names] if rel_dir else list(names)
+        md5s = [manifest[rel] for rel in rels]
+        shas = [known.get(md5) for md5 in md5s]
+        read_before = scan.read
+        if None in shas:
+            for i, sha in enumerate(shas):
+                if sha is None:
+                    data = files.read(rels[i])
+                    if data is None:
+                        missing.append(rels[i])
+                        continue
+                    shas[i] = digest = content_hash(data)
+                    ids.add(digest, md5s[i])
+                    scan.read += 1
+                    on_new_content(digest, data, label)
+        first = len(scan.rels)
+        scan.rels += rels
+        scan.ids += [f"{sha}{md5}" for sha, md5 in zip(shas, md5s, strict=True)]
+        scan.groups.append((first, len(scan.rels), label))
+        if on_group is not None:
+            on_group(len(names), scan.read - read_before)
+    if missing:
+        raise VersionNotLocal(missing)
+    return scan
 
 
 def quarantine(lake: Lake, item: Quarantined, data: bytes, dataset_version: str) -> None:
@@ -407,31 +507,32 @@ def quarantine(lake: Lake, item: Quarantined, data: bytes, dataset_version: str)
 
 
 def prepare_images(
-    folder: Path,
+    images: Path | VersionFiles,
     *,
     dataset_version: str,
     lake: Lake,
     cache_dir: Path,
     params: dict[str, Any],
     progress: bool = False,
-    manifest: dict[str, str] | None = None,
 ) -> Prepared:
-    """Decode, check and split every file in ``folder``; quarantine what cannot be used.
+    """Decode, check and split every file of ``images``; quarantine what cannot be used.
 
-    An image seen before costs a re-run a ``stat`` and a few look-ups, no read, hash or
-    decode; the pixels are gathered, and the outputs written, as whole arrays. With a DVC
-    ``manifest`` (path -> md5) the folder must hold exactly those files, or
-    :class:`FolderDiffers` is raised before anything is written to the lake.
+    ``images`` is a folder, or a dataset version as DVC records it. An image seen before costs
+    a re-run a few look-ups (and, in a folder, a ``stat``): no read, hash or decode; the pixels
+    are gathered, and the outputs written, as whole arrays. A version whose files cannot all be
+    read here raises :class:`VersionNotLocal` before anything is written to the lake.
     """
     size = int(params["image_size"])
     class_list = [str(c) for c in params["classes"]]
     classes = set(class_list)
     max_pixels = int(params.get("max_pixels", 4096 * 4096))
     cache = DecodeCache(cache_dir / f"s{size}-{CACHE_FORMAT}", size).load()
-    index = FileIndex(cache_dir, folder)
     out = Prepared(dataset_version, lake.url(f"prepared/{dataset_version}"))
 
-    listing = list_folder(folder)
+    if isinstance(images, VersionFiles):
+        listing = group_paths(list(images.manifest))
+    else:
+        listing = list_folder(images)
     bar: Any = None
     if progress:
         from tqdm import tqdm
@@ -449,19 +550,29 @@ def prepare_images(
             except BadImage as exc:
                 cache.add_bad(digest, exc.reason, str(exc))
 
-    scan = scan_folder(
-        folder,
-        listing,
-        index.load(),
-        on_new_content,
-        None if bar is None else lambda files, read: bar.update(files - read),
-    )
-    if bar is not None:
-        bar.close()
-    if manifest is not None and (differences := scan.differences(manifest)):
-        cache.save()  # what was hashed and decoded stays valid: keep it for the next run
-        index.save(scan)
-        raise FolderDiffers(folder, differences)
+    on_group = None if bar is None else lambda files, read: bar.update(files - read)
+    read: Callable[[str], bytes]
+    if isinstance(images, VersionFiles):
+        ids = ContentIds(cache_dir)
+        try:
+            scan = scan_version(images, listing, ids.load(), on_new_content, on_group)
+        except VersionNotLocal:
+            cache.save()  # what was read and decoded stays valid: keep it for the next run
+            ids.save()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        read = images.read_or_raise
+        save_index: Callable[[], None] = ids.save
+    else:
+        index = FileIndex(cache_dir, images)
+        scan = scan_folder(images, listing, index.load(), on_new_content, on_group)
+        if bar is not None:
+            bar.close()
+        folder = images
+        read = lambda rel: (folder / rel).read_bytes()  # noqa: E731
+        save_index = lambda: index.save(scan)  # noqa: E731
     out.images_in = len(scan.rels)
     hashes, rels = scan.hashes(), scan.rels
 
@@ -495,9 +606,7 @@ def prepare_images(
                 if digest not in cache.bad:  # hashed in an earlier run, never decoded: now
                     out.decoded += 1
                     try:
-                        pixels = decode_image(
-                            (folder / rels[i]).read_bytes(), size=size, max_pixels=max_pixels
-                        )
+                        pixels = decode_image(read(rels[i]), size=size, max_pixels=max_pixels)
                         cache.add(digest, pixels)
                     except BadImage as exc:
                         cache.add_bad(digest, exc.reason, str(exc))
@@ -525,12 +634,13 @@ def prepare_images(
     out.paths = [rels[i] for i in kept] if len(kept) < len(rels) else list(rels)
     out.labels = labels
     out.pixels = cache.gather(out.hashes)
-    for i in sorted(problems):
+    rejected = {i: read(rels[i]) for i in sorted(problems)}  # every read before any write
+    for i, data in rejected.items():
         item = Quarantined(rels[i], hashes[i], *problems[i])
-        quarantine(lake, item, (folder / rels[i]).read_bytes(), dataset_version)
+        quarantine(lake, item, data, dataset_version)
         out.quarantined.append(item)
     cache.save()
-    index.save(scan)
+    save_index()
     return out
 
 
@@ -596,21 +706,20 @@ def prepare(
     progress: bool = False,
 ) -> dict[str, Any]:
     """The whole step: resolve the dataset version, prepare it, write it to the lake."""
-    from ml_tasks.dataset import cached_manifest, checkout_version, fetch_version, tracked_version
+    from ml_tasks.dataset import checkout_version, fetch_version, local_version, tracked_version
 
     params = load_params(settings.params_path)["prepare"]
     lake = open_lake(settings.lake_uri)
     classes = [str(c) for c in params["classes"]]
 
-    def prepare_folder(folder: Path, manifest: dict[str, str] | None = None) -> Prepared:
+    def prepare_from(images: Path | VersionFiles) -> Prepared:
         return prepare_images(
-            folder,
+            images,
             dataset_version=version,
             lake=lake,
             cache_dir=settings.home / "cache" / "prepare",
             params=params,
             progress=progress,
-            manifest=manifest,
         )
 
     prepared: Prepared | None = None
@@ -621,28 +730,25 @@ def prepare(
         version = (
             dataset_version or "dir-" + content_hash("\n".join(list_images(data_dir)).encode())[:16]
         )
-        prepared = prepare_folder(data_dir)
+        prepared = prepare_from(data_dir)
     else:
-        in_work_tree = tracked_version(settings)
-        version = dataset_version or in_work_tree or ""
+        version = dataset_version or tracked_version(settings) or ""
         if not version:
             raise StepError(
                 "no dataset version: run `python -m ml_tasks.dataset materialize` first"
             )
-        # The work tree's version, checked against DVC's record of it by the scan prepare
-        # makes anyway (milliseconds, where `dvc status` takes ~0.4 s for the digits).
-        manifest = cached_manifest(settings, version) if version == in_work_tree else None
-        if manifest is not None and settings.data_dir.is_dir():
+        # With DVC's record of the version on this machine, files seen before are known by md5
+        # and not opened; new ones are read from DVC's cache or the work tree, checked by md5.
+        # No `dvc status` (0.4 s for the digits) and no checkout, for any version held here.
+        files = local_version(settings, version)
+        if files is not None:
             try:
-                prepared = prepare_folder(settings.data_dir, manifest)
-            except FolderDiffers as exc:
-                events.emit(
-                    "workspace_differs", level="warning", dataset_version=version, detail=str(exc)
-                )
-                # Already known not to hold it: fetch without asking `dvc status` again.
-                prepared = prepare_folder(fetch_version(settings, version, datasets))
+                prepared = prepare_from(files)
+            except VersionNotLocal as exc:
+                events.emit("dataset_not_local", dataset_version=version, detail=str(exc))
+                prepared = prepare_from(fetch_version(settings, version, datasets))
         if prepared is None:
-            prepared = prepare_folder(checkout_version(settings, version, datasets))
+            prepared = prepare_from(checkout_version(settings, version, datasets))
     splits = splits_of(prepared.hashes, params["split"])
     write_prepared(lake, prepared, splits, classes)
     result = prepared.result(splits, classes)

@@ -244,37 +244,70 @@ def test_missing_folder_is_a_clear_error(flywheel_home: Path, tmp_path: Path) ->
         prepare_dir(tmp_path / "nowhere")
 
 
-def test_a_folder_that_differs_from_its_dvc_record_is_refused_before_any_output(
+def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
     flywheel_home: Path, tmp_path: Path
 ) -> None:
     import hashlib
 
     from ml_tasks.config import load_params
-    from ml_tasks.prepare import FolderDiffers, prepare_images
+    from ml_tasks.dataset import VersionFiles, VersionNotLocal
+    from ml_tasks.prepare import prepare_images
 
-    folder = tmp_path / "images"
+    folder, objects = tmp_path / "images", tmp_path / "dvc-objects"
     synthesize(folder, count=30, size=8, seed=5)
     files = sorted(p for p in folder.rglob("*.png"))
-    manifest = {
-        p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files
-    }
+
+    def md5(data: bytes) -> str:
+        return hashlib.md5(data).hexdigest()
+
+    manifest = {p.relative_to(folder).as_posix(): md5(p.read_bytes()) for p in files}
     settings = load_settings()
     lake = open_lake(settings.lake_uri)
 
-    def run(version: str) -> object:
-        return prepare_images(
-            folder,
+    def run(version: str, files: VersionFiles) -> dict:
+        prepared = prepare_images(
+            files,
             dataset_version=version,
             lake=lake,
             cache_dir=tmp_path / "cache",
             params=load_params(settings.params_path)["prepare"],
-            manifest=manifest,
         )
+        return {"decoded": prepared.decoded, "pixels": prepared.pixels, "in": prepared.images_in}
 
-    run("recorded")
-    run("recorded-again")  # from the index this time: the md5s were remembered
-    files[0].write_bytes(files[1].read_bytes())  # rewritten in place
-    with pytest.raises(FolderDiffers, match="at 1 path") as differs:
-        run("edited")
-    assert differs.value.paths == [files[0].relative_to(folder).as_posix()]
-    assert not list(lake.list("quarantine/"))  # refused before its copy was quarantined
+    first = run("v1", VersionFiles(manifest, objects, folder))
+    assert first["decoded"] == 30 and first["in"] == 30
+    # seen before: prepared from the caches by md5, without opening a file (none are left)
+    folder.rename(tmp_path / "moved")
+    again = run("v1-again", VersionFiles(manifest, objects, folder))
+    assert again["decoded"] == 0 and np.array_equal(again["pixels"], first["pixels"])
+    (tmp_path / "moved").rename(folder)
+
+    # the work tree rewritten in place: what is prepared is still the version's content
+    files[0].write_bytes(files[1].read_bytes())
+    edited = run("v1-edited", VersionFiles(manifest, objects, folder))
+    assert np.array_equal(edited["pixels"], first["pixels"])
+
+    # a new file recorded with other content than the work tree's: refused, nothing written
+    new_bytes = (tmp_path / "moved-never").as_posix().encode()  # anything but that file
+    grown = {**manifest, "3/new.png": md5(new_bytes)}
+    shutil.copy(files[2], folder / "3" / "new.png")
+    before = sorted(lake.list(""))
+    with pytest.raises(VersionNotLocal, match="1 file") as missing:
+        run("v2", VersionFiles(grown, objects, folder))
+    assert missing.value.paths == ["3/new.png"]
+    assert sorted(lake.list("")) == before
+
+    # ...and read from DVC's cache of objects when it is there: a broken image, quarantined
+    (objects / grown["3/new.png"][:2]).mkdir(parents=True)
+    (objects / grown["3/new.png"][:2] / grown["3/new.png"][2:]).write_bytes(new_bytes)
+    prepared = prepare_images(
+        VersionFiles(grown, objects, folder),
+        dataset_version="v2",
+        lake=lake,
+        cache_dir=tmp_path / "cache",
+        params=load_params(settings.params_path)["prepare"],
+    )
+    assert [(q.path, q.reason) for q in prepared.quarantined] == [("3/new.png", "not_an_image")]
+    assert len(prepared.hashes) == 30 and prepared.images_in == 31
+    quarantined = [k for k in lake.list("quarantine/") if k.endswith("/new.png")]
+    assert len(quarantined) == 1 and lake.read_bytes(quarantined[0]) == new_bytes

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
 
 from tests.repo_copy import make_repo_copy
@@ -100,15 +101,17 @@ def test_version_as_of_a_date_follows_the_index(
         version_as_of(settings, datetime(2025, 12, 31, tzinfo=UTC))
 
 
-def test_prepare_checks_the_work_tree_against_dvcs_record_of_the_version(
+def test_prepare_reads_a_version_from_dvcs_record_without_status_or_checkout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ml_tasks import dataset, events
     from ml_tasks.config import load_settings
+    from ml_tasks.lake import open_lake
     from ml_tasks.prepare import prepare
+    from tests.repo_copy import git
 
     env = base_env(tmp_path)
-    version = materialize(env)["dataset_version"]
+    first = materialize(env)["dataset_version"]
     for name in ("FLYWHEEL_REPO", "FLYWHEEL_HOME"):
         monkeypatch.setenv(name, env[name])
     for name in ("FLYWHEEL_LAKE_URI", "FLYWHEEL_LOG_PATH", "MLFLOW_TRACKING_URI"):
@@ -118,20 +121,64 @@ def test_prepare_checks_the_work_tree_against_dvcs_record_of_the_version(
     monkeypatch.setattr(events._state, "stream", io.StringIO())
 
     def no_status(settings: object) -> bool:
-        raise AssertionError("`dvc status` ran: the work tree was not checked by the scan")
+        raise AssertionError("`dvc status` ran: the version was not read from DVC's record")
 
-    # the work tree holds the version: checked by prepare's own scan against DVC's record
-    # (and `dvc status` never runs below either)
-    monkeypatch.setattr(dataset, "workspace_matches", no_status)
+    monkeypatch.setattr(dataset, "workspace_matches", no_status)  # for the whole test
+    lake = open_lake(load_settings().lake_uri)
+
+    def pixels(version: str) -> np.ndarray:
+        with np.load(io.BytesIO(lake.read_bytes(f"prepared/{version}/data.npz"))) as data:
+            return data["x"]
+
     result = prepare(load_settings())
-    assert result["dataset_version"] == version and result["images_in"] == 1797
+    assert result["dataset_version"] == first and result["images_in"] == 1797
+    prepared_first = pixels(first)
 
-    # an image added without `dvc add`: the version is prepared from DVC, not the work tree
+    # the work tree changed behind DVC's back: an image added without `dvc add`, another
+    # rewritten in place; the version is still prepared as recorded, with nothing fetched
     images = Path(env["FLYWHEEL_REPO"]) / "data" / "images"
-    shutil.copy(next((images / "3").glob("*.png")), images / "3" / "not-added.png")
-    result = prepare(load_settings())
-    assert result["dataset_version"] == version and result["images_in"] == 1797
+    threes = sorted((images / "3").glob("*.png"))
+    shutil.copy(threes[0], images / "3" / "not-added.png")
+    threes[1].write_bytes(threes[2].read_bytes())
+    again = prepare(load_settings())
+    assert again["images_in"] == 1797 and again["decoded"] == 0
+    assert np.array_equal(pixels(first), prepared_first)
+    (images / "3" / "not-added.png").unlink()
+    threes[1].write_bytes(threes[0].read_bytes())  # not the recorded bytes either
+
+    # a second version (20 more images), then the first again, as a backfill asks for it:
+    # both from DVC's record and cache, no checkout of the first
+    synthesize_and_add = (
+        "from ml_tasks.config import load_settings; "
+        "from ml_tasks.dataset import add_version, synthesize; "
+        "s = load_settings(); synthesize(s.data_dir, count=20, seed=9); add_version(s, 'more')"
+    )
+    subprocess.run([sys.executable, "-c", synthesize_and_add], env=env, check=True)
+    repo = Path(env["FLYWHEEL_REPO"])
+    git(repo, "add", "data/images.dvc", "data/versions.jsonl")
+    git(repo, "commit", "-q", "-m", "dataset: twenty more")
+    second = prepare(load_settings())
+    assert second["dataset_version"] != first and second["images_in"] == 1817
+    assert second["decoded"] == 20
+    backfill = prepare(load_settings(), dataset_version=first)
+    assert backfill["images_in"] == 1797 and backfill["decoded"] == 0
+    assert np.array_equal(pixels(first), prepared_first)
+    assert not [e for e in events.read_events(log) if e["action"] == "dataset_fetched"]
+
+    # prepare's caches gone, and one new image neither in DVC's cache nor in the work tree:
+    # the version is fetched from the DVC remote
+    shutil.rmtree(Path(env["FLYWHEEL_HOME"]) / "cache" / "prepare")
+    manifest = dataset.cached_manifest(load_settings(), second["dataset_version"])
+    old = dataset.cached_manifest(load_settings(), first)
+    assert manifest is not None and old is not None
+    new = next(rel for rel in manifest if rel not in old)
+    (dataset.dvc_objects(load_settings()) / manifest[new][:2] / manifest[new][2:]).unlink()
+    (images / new).unlink()
+    fetched = prepare(load_settings(), dataset_version=second["dataset_version"])
+    assert fetched["images_in"] == 1817
     logged = events.read_events(log)
-    differs = [e for e in logged if e["action"] == "workspace_differs"]
-    assert len(differs) == 1 and "3/not-added.png" in differs[0]["detail"]
-    assert [e["dataset_version"] for e in logged if e["action"] == "dataset_fetched"] == [version]
+    not_local = [e for e in logged if e["action"] == "dataset_not_local"]
+    assert len(not_local) == 1 and new in not_local[0]["detail"]
+    assert [e["dataset_version"] for e in logged if e["action"] == "dataset_fetched"] == [
+        second["dataset_version"]
+    ]
