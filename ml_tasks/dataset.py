@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ml_tasks import events
-from ml_tasks.config import Settings, load_settings
+from ml_tasks.config import Settings, load_settings, safe_yaml
 from ml_tasks.images import content_hash, encode_png
 from ml_tasks.step import StepError
 
@@ -142,7 +141,7 @@ def tracked_version(settings: Settings, rev: str | None = None) -> str | None:
         text = path.read_text()
     else:
         text = git(settings, "show", f"{rev}:{DVC_FILE.as_posix()}")
-    outs = (yaml.safe_load(text) or {}).get("outs") or [{}]
+    outs = (safe_yaml(text) or {}).get("outs") or [{}]
     md5 = str(outs[0].get("md5", ""))
     return md5.removesuffix(".dir") or None
 
@@ -185,7 +184,7 @@ def cached_manifest(settings: Settings, version: str) -> dict[str, str] | None:
     path = dvc_objects(settings) / version[:2] / f"{version[2:]}.dir"
     try:
         entries = json.loads(path.read_bytes())
-        return {str(e["relpath"]): str(e["md5"]) for e in entries}
+        return {e["relpath"]: e["md5"] for e in entries}  # as DVC wrote it: strings
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
@@ -218,12 +217,15 @@ class VersionFiles:
     def read(self, rel: str) -> bytes | None:
         """The bytes of ``rel`` in this version; None when neither place holds them."""
         md5 = self.manifest[rel]
-        places = [self.objects / md5[:2] / md5[2:]]
+        # str paths, not Path: a cold prepare reads every file here, and pathlib's joins
+        # cost as much as the read
+        places = [f"{self.objects}/{md5[:2]}/{md5[2:]}"]
         if self.work_tree is not None:
-            places.append(self.work_tree / rel)
+            places.append(f"{self.work_tree}/{rel}")
         for path in places:
             try:
-                data = path.read_bytes()
+                with open(path, "rb") as fh:
+                    data = fh.read()
             except OSError:
                 continue
             if hashlib.md5(data, usedforsecurity=False).hexdigest() == md5:

@@ -2,16 +2,21 @@
 
 Reads a dataset version (``data/images/<class>/*``), and writes to the lake under
 ``prepared/<dataset version>/``: ``data.npz`` (pixels scaled to [0, 1], labels, splits, content
-hashes), ``metadata.csv`` (one row per image, what the data checks read) and ``summary.json``.
+hashes), ``metadata.csv`` (one row per image, what the data checks read) and, last, so that
+its presence means the rest is whole, ``summary.json`` (the step's result).
 
 - **Deterministic split by content hash**: an image's split depends on its bytes alone, so it
   never changes split when the dataset grows, and equal images always share a split.
-- **Incremental**: decoded pixels are cached by content hash (and image size), in shards under
-  ``<home>/cache/prepare/``, and a file's hash is remembered with its size and mtime; a re-run
-  reads and decodes only images it has not seen.
-- **The version asked for**: a dataset version is prepared from the work tree only when the
-  files there are the ones DVC recorded for it (compared by md5, from the same scan);
-  otherwise the version is fetched through DVC.
+- **Incremental**: decoded pixels are cached by content hash (and image size), with DVC's md5
+  of each file, in shards under ``<home>/cache/prepare/``; a re-run reads and decodes only
+  images it has not seen.
+- **The version asked for**: a dataset version is prepared from DVC's record of it (path ->
+  md5, the ``.dir`` object in DVC's cache): a file seen before is known by its md5 and not
+  opened; a new one is read from DVC's cache or the work tree, and only when its md5 is the
+  recorded one. Whatever the work tree holds, what is prepared is the version; when a file
+  cannot be read here, or DVC's record is not, the version is fetched through DVC.
+- **A plain folder** (``--data-dir``): a file's hash is remembered with its size and mtime,
+  like git's index, so a re-run costs one ``stat`` per file seen before.
 - **Nothing is lost**: a file that cannot be used (empty, truncated, not an image, animated,
   16-bit, CMYK, too many pixels, outside a known class folder, a copy of another image) is
   copied to ``quarantine/prepare/<hash>/`` in the lake with a ``reason.json``, and counted.
@@ -43,7 +48,7 @@ from ml_tasks.images import BadImage, content_hash, decode_image
 from ml_tasks.lake import Lake, LocalLake, open_lake
 from ml_tasks.step import StepError, add_result_option, run_step
 
-CACHE_FORMAT = "v1"
+CACHE_FORMAT = "v2"  # v2: each image's pixel statistics are cached with its pixels
 IDS = 64 + 32  # a file's ids (see Scan): sha256 and md5, in hex
 SPLITS = ("train", "val", "test")
 
@@ -69,6 +74,7 @@ class Prepared:
     labels: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    stats: list[str] = field(default_factory=list)  # per image, see pixel_stats
     quarantined: list[Quarantined] = field(default_factory=list)
 
     def result(self, splits: list[str], classes: list[str]) -> dict[str, Any]:
@@ -116,6 +122,17 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def text_array(strings: list[str]) -> np.ndarray:
+    """Strings (without newlines) as one array of UTF-8 bytes, one per line: read back with one
+    ``split``, faster than a numpy string array's ``tolist`` (caches are read on every run)."""
+    return np.frombuffer("\n".join(strings).encode(), np.uint8)
+
+
+def text_list(array: np.ndarray) -> list[str]:
+    """The strings of :func:`text_array`."""
+    return array.tobytes().decode().split("\n") if array.size else []
+
+
 def splits_of(hashes: list[str], fractions: dict[str, float]) -> list[str]:
     """:func:`split_of` for many hashes at once (the same answers, a fraction of the time)."""
     if not hashes:
@@ -135,8 +152,11 @@ class DecodeCache:
     """Decoded pixels (and decode failures) by content hash, stored as append-only shards.
 
     Held as one array plus a hash -> row map, not a dict of small arrays: a re-run gathers its
-    thousands of cached images with one fancy index instead of a Python loop. When more than
-    ``MAX_SHARDS`` shards have piled up (one per run that decoded something), they are merged.
+    thousands of cached images with one fancy index instead of a Python loop. With each image
+    are kept DVC's md5 of its file (``by_md5``: a dataset version, which DVC records by md5, is
+    prepared without opening a file seen before) and its metadata statistics
+    (:func:`pixel_stats`: formatted once, not on every run). One shard per run that decoded
+    something; when more than ``MAX_SHARDS`` have piled up, they are merged.
     """
 
     MAX_SHARDS = 16
@@ -146,10 +166,13 @@ class DecodeCache:
         self.size = size
         self.rows: dict[str, int] = {}  # content hash -> row of the pixel array
         self.bad: dict[str, tuple[str, str]] = {}  # content hash -> (reason, detail)
+        self.by_md5: dict[str, str] = {}  # DVC's md5 -> content hash, of rows and bad files
         self._blocks: list[np.ndarray] = []  # (n, size, size) uint8 arrays, in row order
-        self._count = 0
+        self._md5s: list[str] = []  # per row
+        self._stats: list[str] = []  # per row ("" for a new image until gathered)
+        self._unstated: list[int] = []  # rows of new images, statistics not computed yet
         self.fresh: list[str] = []  # decoded by this run, not saved yet
-        self._fresh_bad: dict[str, tuple[str, str]] = {}
+        self._fresh_bad: dict[str, tuple[str, str, str]] = {}
         self._shards: list[Path] = []
 
     def load(self) -> DecodeCache:
@@ -157,7 +180,8 @@ class DecodeCache:
             for shard in sorted(self.folder.glob("*.npz")):
                 try:
                     with np.load(shard) as data:
-                        self._append(data["hashes"].tolist(), data["pixels"])
+                        hashes, md5s = text_list(data["hashes"]), text_list(data["md5s"])
+                        self._append(hashes, md5s, data["pixels"], text_list(data["stats"]))
                 except FileNotFoundError:  # merged away by a concurrent run: a cache miss
                     continue
                 self._shards.append(shard)
@@ -166,43 +190,54 @@ class DecodeCache:
                     loaded = json.loads(shard.read_text())
                 except FileNotFoundError:
                     continue
-                for h, (reason, detail) in loaded.items():
+                for h, (reason, detail, md5) in loaded.items():
                     self.bad[h] = (reason, detail)
+                    self.by_md5[md5] = h
         return self
 
-    def _append(self, hashes: list[str], pixels: np.ndarray) -> None:
-        self.rows.update(zip(hashes, range(self._count, self._count + len(hashes)), strict=True))
+    def _append(
+        self, hashes: list[str], md5s: list[str], pixels: np.ndarray, stats: list[str]
+    ) -> None:
+        count = len(self._stats)
+        self.rows.update(zip(hashes, range(count, count + len(hashes)), strict=True))
+        self.by_md5.update(zip(md5s, hashes, strict=True))
         self._blocks.append(pixels)
-        self._count += len(hashes)
+        self._md5s += md5s
+        self._stats += stats
 
     def __contains__(self, hash_hex: str) -> bool:
         return hash_hex in self.rows or hash_hex in self.bad
 
-    def add(self, hash_hex: str, pixels: np.ndarray) -> None:
-        self._append([hash_hex], pixels[None])
+    def add(self, hash_hex: str, md5: str, pixels: np.ndarray) -> None:
+        self._unstated.append(len(self._stats))
+        self._append([hash_hex], [md5], pixels[None], [""])
         self.fresh.append(hash_hex)
 
-    def add_bad(self, hash_hex: str, reason: str, detail: str) -> None:
-        self.bad[hash_hex] = self._fresh_bad[hash_hex] = (reason, detail)
+    def add_bad(self, hash_hex: str, md5: str, reason: str, detail: str) -> None:
+        self.bad[hash_hex] = (reason, detail)
+        self.by_md5[md5] = hash_hex
+        self._fresh_bad[hash_hex] = (reason, detail, md5)
 
-    def gather(self, hashes: list[str]) -> np.ndarray:
-        """The pixels of ``hashes`` (each decoded before), as one ``(n, size, size)`` array."""
+    def gather(self, hashes: list[str]) -> tuple[np.ndarray, list[str]]:
+        """The pixels of ``hashes`` (each decoded before), as one ``(n, size, size)`` array,
+        and their statistics (computed here, in one batch, for images new to the cache)."""
         if not hashes:
-            return np.zeros((0, self.size, self.size), np.uint8)
+            return np.zeros((0, self.size, self.size), np.uint8), []
         if len(self._blocks) > 1:
             self._blocks = [np.concatenate(self._blocks)]
-        rows = self.rows
-        return self._blocks[0][[rows[h] for h in hashes]]
+        block, stats = self._blocks[0], self._stats
+        if self._unstated:
+            for row, text in zip(self._unstated, pixel_stats(block[self._unstated]), strict=True):
+                stats[row] = text
+            self._unstated = []
+        rows = list(map(self.rows.__getitem__, hashes))
+        return block[rows], list(map(stats.__getitem__, rows))
 
     def save(self) -> None:
         """Write what this run decoded as one new shard; merge the shards when there are many."""
         name = uuid.uuid4().hex
         if self.fresh:
-            shard = self.folder / f"{name}.npz"
-            write_atomic(
-                shard, npz_bytes(hashes=np.array(self.fresh), pixels=self.gather(self.fresh))
-            )
-            self._shards.append(shard)
+            self._write(self.folder / f"{name}.npz", self.fresh)
         if self._fresh_bad:
             write_atomic(self.folder / f"{name}.bad.json", json.dumps(self._fresh_bad).encode())
         self.fresh, self._fresh_bad = [], {}
@@ -211,12 +246,41 @@ class DecodeCache:
 
     def compact(self) -> None:
         """One shard with every cached image instead of many; written before the old go."""
-        hashes = list(self.rows)
-        merged = self.folder / f"{uuid.uuid4().hex}.npz"
-        write_atomic(merged, npz_bytes(hashes=np.array(hashes), pixels=self.gather(hashes)))
-        for shard in self._shards:
+        old, self._shards = self._shards, []
+        self._write(self.folder / f"{uuid.uuid4().hex}.npz", list(self.rows))
+        for shard in old:
             shard.unlink(missing_ok=True)
-        self._shards = [merged]
+
+    def _write(self, shard: Path, hashes: list[str]) -> None:
+        pixels, stats = self.gather(hashes)
+        md5s = [self._md5s[self.rows[h]] for h in hashes]
+        write_atomic(
+            shard,
+            npz_bytes(
+                hashes=text_array(hashes),
+                md5s=text_array(md5s),
+                pixels=pixels,
+                stats=text_array(stats),
+            ),
+        )
+        self._shards.append(shard)
+
+
+def pixel_stats(pixels: np.ndarray) -> list[str]:
+    """Each image's ``pixel_min,pixel_max,pixel_mean`` (on the [0, 1] scale) as CSV fields.
+
+    From the 8-bit pixels: a minimum or maximum is one of 256 values (formatted once), and the
+    mean is exact (an integer sum), at a quarter of the memory traffic of the float array.
+    """
+    count = len(pixels)
+    flat = pixels.reshape(count, -1)
+    levels = [f"{k / 255:.6f}" for k in range(256)]
+    lows = flat.min(axis=1, initial=255).tolist()
+    highs = flat.max(axis=1, initial=0).tolist()
+    means = (flat.sum(axis=1, dtype=np.int64) / max(1, flat.shape[1] * 255)).tolist()
+    return [
+        f"{levels[lo]},{levels[hi]},{mu:.6f}" for lo, hi, mu in zip(lows, highs, means, strict=True)
+    ]
 
 
 class FileIndex:
@@ -235,7 +299,7 @@ class FileIndex:
         """(relative path, size, mtime in ns) -> the file's ids (see :attr:`Scan.ids`)."""
         try:
             with np.load(self.path) as data:
-                rels = data["rels"].tobytes().decode().split("\n")
+                rels = text_list(data["rels"])
                 joined = data["ids"].tobytes().decode()
                 sizes, mtimes = data["sizes"].tolist(), data["mtimes"].tolist()
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
@@ -253,7 +317,7 @@ class FileIndex:
         write_atomic(
             self.path,
             npz_bytes(
-                rels=np.frombuffer("\n".join(scan.rels).encode(), np.uint8),
+                rels=text_array(scan.rels),
                 ids=np.frombuffer("".join(scan.ids).encode(), np.uint8),
                 sizes=np.array(scan.sizes, dtype=np.int64),
                 mtimes=np.array(scan.mtimes, dtype=np.int64),
@@ -261,83 +325,24 @@ class FileIndex:
         )
 
 
-class ContentIds:
-    """DVC's md5 -> content hash (sha256) of every file read while preparing a dataset version.
-
-    DVC names a version's files by md5; the caches here are keyed by sha256 (which also decides
-    the split). With this map a version is prepared from DVC's record of it alone: a file seen
-    before is not opened, not even ``stat``-ed. Stored as append-only text shards of 96-char ids
-    (sha256 then md5, as in :attr:`Scan.ids`), merged when many have piled up.
-    """
-
-    MAX_SHARDS = 16
-
-    def __init__(self, cache_dir: Path) -> None:
-        self.folder = cache_dir / "content-ids"
-        self.known: dict[str, str] = {}  # md5 -> sha256
-        self.fresh: list[str] = []
-        self._shards: list[Path] = []
-        self._blob = ""
-
-    def load(self) -> ContentIds:
-        """Every shard that is whole (a damaged one is skipped: its files are read again)."""
-        blobs: list[str] = []
-        if self.folder.exists():
-            for shard in sorted(self.folder.glob("*.ids")):
-                try:
-                    blob = shard.read_bytes().decode("ascii")
-                except (OSError, UnicodeDecodeError):
-                    continue  # merged away by a concurrent run, or damaged: cache misses
-                if len(blob) % IDS == 0:
-                    blobs.append(blob)
-                    self._shards.append(shard)
-        self._blob = joined = "".join(blobs)
-        rows = range(0, len(joined), IDS)
-        self.known = {joined[i + 64 : i + IDS]: joined[i : i + 64] for i in rows}
-        return self
-
-    def add(self, sha256: str, md5: str) -> None:
-        self.known[md5] = sha256
-        self.fresh.append(sha256 + md5)
-
-    def save(self) -> None:
-        if not self.fresh:
-            return
-        blob = "".join(self.fresh)
-        shard = self.folder / f"{uuid.uuid4().hex}.ids"
-        write_atomic(shard, blob.encode("ascii"))
-        self._shards.append(shard)
-        self._blob += blob
-        self.fresh = []
-        if len(self._shards) > self.MAX_SHARDS:
-            merged = self.folder / f"{uuid.uuid4().hex}.ids"
-            write_atomic(merged, self._blob.encode("ascii"))
-            for old in self._shards:
-                old.unlink(missing_ok=True)
-            self._shards = [merged]
-
-
 @dataclass
 class Scan:
-    """Every file of a dataset folder, sorted by relative path, with its ids.
+    """Every file of a dataset (folder or version), in path order, with its content hash.
 
-    A file's ids are its content hash (sha256, which keys the caches and the split) followed by
-    DVC's md5 of it (which names it in a dataset version), both in hex. ``sizes`` and ``mtimes``
-    are filled by a folder's scan only (a version's files are known by md5). ``groups`` are
+    ``hashes`` are sha256s in hex: they key the caches and decide the split. A folder's scan
+    also keeps what its :class:`FileIndex` needs: each file's size, mtime and ids (the sha256
+    followed by DVC's md5 of the file, which names it in a dataset version). ``groups`` are
     runs of rows that share a folder: (first row, end row, class label or None when the folder
     is not a class folder directly under the root).
     """
 
     rels: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    groups: list[tuple[int, int, str | None]] = field(default_factory=list)
+    read: int = 0
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
-    groups: list[tuple[int, int, str | None]] = field(default_factory=list)
-    read: int = 0
-
-    def hashes(self) -> list[str]:
-        """Each file's content hash, in row order."""
-        return [ids[:64] for ids in self.ids]
 
 
 def list_folder(folder: Path) -> list[tuple[str, list[str]]]:
@@ -368,19 +373,20 @@ def list_folder(folder: Path) -> list[tuple[str, list[str]]]:
 
 
 def group_paths(rels: list[str]) -> list[tuple[str, list[str]]]:
-    """:func:`list_folder`'s answer for a list of relative paths (a dataset version's)."""
+    """:func:`list_folder`'s order for a list of relative paths (a dataset version's), with
+    each group holding the paths themselves, not just the names."""
     folders: dict[str, list[str]] = {}
     for rel in rels:
-        rel_dir, _, name = rel.rpartition("/")
-        if (names := folders.get(rel_dir)) is None:
-            folders[rel_dir] = names = []
-        names.append(name)
+        rel_dir = rel.rpartition("/")[0]
+        if (group := folders.get(rel_dir)) is None:
+            folders[rel_dir] = group = []
+        group.append(rel)
     return in_path_order(folders)
 
 
 def in_path_order(folders: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
-    """Folders and their sorted names, ordered so that the groups concatenated give the files
-    sorted by path: a folder sorts by its name plus ``/``, a loose file by its name."""
+    """Folders and their sorted names (or paths), ordered so that the groups concatenated give
+    the files sorted by path: a folder sorts by its name plus ``/``, a loose file by its name."""
     groups: list[tuple[str, str, list[str]]] = []  # (sort key, relative folder, names)
     for rel_dir, names in folders.items():
         names.sort()
@@ -401,12 +407,12 @@ def scan_folder(
     folder: Path,
     listing: list[tuple[str, list[str]]],
     known: dict[tuple[str, int, int], str],
-    on_new_content: Callable[[str, bytes, str | None], None],
+    on_new_content: Callable[[str, str, bytes, str | None], None],
     on_group: Callable[[int, int], None] | None = None,
 ) -> Scan:
     """Stat every listed file; read and hash only those the index does not vouch for.
 
-    ``on_new_content(hash, data, label)`` sees the bytes of each file that was read, so a
+    ``on_new_content(hash, md5, data, label)`` sees the bytes of each file that was read, so a
     new image is decoded from the same read that hashed it; ``on_group(files, read)`` is
     called after each folder (progress). Each folder is handled as whole lists (stat, then
     look up), not file by file: on a re-run the ``stat`` calls are most of the time.
@@ -431,14 +437,16 @@ def scan_folder(
                     with open(f"{root}/{rels[i]}", "rb") as fh:
                         data = fh.read()
                     digest = content_hash(data)
-                    found[i] = digest + hashlib.md5(data, usedforsecurity=False).hexdigest()
+                    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                    found[i] = digest + md5
                     scan.read += 1
-                    on_new_content(digest, data, label)
+                    on_new_content(digest, md5, data, label)
         first = len(scan.rels)
         scan.rels += rels
         scan.sizes += sizes
         scan.mtimes += mtimes
         scan.ids += found  # type: ignore[arg-type]  # every None was filled above
+        scan.hashes += [ids[:64] for ids in found]  # type: ignore[index]
         scan.groups.append((first, len(scan.rels), label))
         if on_group is not None:
             on_group(len(names), scan.read - read_before)
@@ -447,24 +455,24 @@ def scan_folder(
 
 def scan_version(
     files: VersionFiles,
-    listing: list[tuple[str, list[str]]],
-    ids: ContentIds,
-    on_new_content: Callable[[str, bytes, str | None], None],
+    groups: list[tuple[str, list[str]]],
+    known: dict[str, str],
+    on_new_content: Callable[[str, str, bytes, str | None], None],
     on_group: Callable[[int, int], None] | None = None,
 ) -> Scan:
     """:func:`scan_folder` for a dataset version: files are known by DVC's md5, not by stat.
 
-    A file whose md5 was read before (in ``ids``) costs one look-up; the others are read,
-    checked against their md5 (see :meth:`VersionFiles.read`), hashed and added to ``ids``.
-    Raises :class:`VersionNotLocal`, after the whole scan, when some cannot be read here.
+    ``groups`` are :func:`group_paths` of the version's paths. A file whose md5 is ``known``
+    (md5 -> content hash) costs two look-ups; the others are read, checked against their md5
+    (see :meth:`VersionFiles.read`) and hashed. Raises :class:`VersionNotLocal`, after the
+    whole scan, when some cannot be read here.
     """
-    scan, manifest, known = Scan(), files.manifest, ids.known
+    scan, manifest = Scan(), files.manifest
     missing: list[str] = []
-    for rel_dir, names in listing:
+    for rel_dir, rels in groups:
         label = rel_dir if rel_dir and "/" not in rel_dir else None
-        rels = [f"{rel_dir}/{name}" for name in names] if rel_dir else list(names)
-        md5s = [manifest[rel] for rel in rels]
-        shas = [known.get(md5) for md5 in md5s]
+        md5s = list(map(manifest.__getitem__, rels))  # map: no bytecode per file
+        shas = list(map(known.get, md5s))
         read_before = scan.read
         if None in shas:
             for i, sha in enumerate(shas):
@@ -474,15 +482,14 @@ def scan_version(
                         missing.append(rels[i])
                         continue
                     shas[i] = digest = content_hash(data)
-                    ids.add(digest, md5s[i])
                     scan.read += 1
-                    on_new_content(digest, data, label)
+                    on_new_content(digest, md5s[i], data, label)
         first = len(scan.rels)
         scan.rels += rels
-        scan.ids += [f"{sha}{md5}" for sha, md5 in zip(shas, md5s, strict=True)]
+        scan.hashes += shas  # type: ignore[arg-type]  # filled above, or the scan raises below
         scan.groups.append((first, len(scan.rels), label))
         if on_group is not None:
-            on_group(len(names), scan.read - read_before)
+            on_group(len(rels), scan.read - read_before)
     if missing:
         raise VersionNotLocal(missing)
     return scan
@@ -540,31 +547,29 @@ def prepare_images(
         total = sum(len(names) for _, names in listing)
         bar = tqdm(total=total, desc="prepare", unit="img", leave=False, disable=None)
 
-    def on_new_content(digest: str, data: bytes, label: str | None) -> None:
+    def on_new_content(digest: str, md5: str, data: bytes, label: str | None) -> None:
         if bar is not None:
             bar.update()  # per file read: the slow part of a run moves the bar smoothly
         if label in classes and digest not in cache:
             out.decoded += 1
             try:
-                cache.add(digest, decode_image(data, size=size, max_pixels=max_pixels))
+                cache.add(digest, md5, decode_image(data, size=size, max_pixels=max_pixels))
             except BadImage as exc:
-                cache.add_bad(digest, exc.reason, str(exc))
+                cache.add_bad(digest, md5, exc.reason, str(exc))
 
     on_group = None if bar is None else lambda files, read: bar.update(files - read)
     read: Callable[[str], bytes]
+    index: FileIndex | None = None  # a folder's; a version's files are known by md5 instead
     if isinstance(images, VersionFiles):
-        ids = ContentIds(cache_dir)
         try:
-            scan = scan_version(images, listing, ids.load(), on_new_content, on_group)
+            scan = scan_version(images, listing, cache.by_md5, on_new_content, on_group)
         except VersionNotLocal:
             cache.save()  # what was read and decoded stays valid: keep it for the next run
-            ids.save()
             raise
         finally:
             if bar is not None:
                 bar.close()
         read = images.read_or_raise
-        save_index: Callable[[], None] = ids.save
     else:
         index = FileIndex(cache_dir, images)
         scan = scan_folder(images, listing, index.load(), on_new_content, on_group)
@@ -572,9 +577,8 @@ def prepare_images(
             bar.close()
         folder = images
         read = lambda rel: (folder / rel).read_bytes()  # noqa: E731
-        save_index = lambda: index.save(scan)  # noqa: E731
     out.images_in = len(scan.rels)
-    hashes, rels = scan.hashes(), scan.rels
+    hashes, rels = scan.hashes, scan.rels
 
     problems: dict[int, tuple[str, str]] = {}
     kept: list[int] = []
@@ -605,11 +609,13 @@ def prepare_images(
             if digest not in rows:  # not decoded at this image size, or not decodable
                 if digest not in cache.bad:  # hashed in an earlier run, never decoded: now
                     out.decoded += 1
+                    data = read(rels[i])
+                    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
                     try:
-                        pixels = decode_image(read(rels[i]), size=size, max_pixels=max_pixels)
-                        cache.add(digest, pixels)
+                        pixels = decode_image(data, size=size, max_pixels=max_pixels)
+                        cache.add(digest, md5, pixels)
                     except BadImage as exc:
-                        cache.add_bad(digest, exc.reason, str(exc))
+                        cache.add_bad(digest, md5, exc.reason, str(exc))
                 if digest not in rows:
                     problems[i] = cache.bad[digest]
                     continue
@@ -628,19 +634,20 @@ def prepare_images(
             kept.append(i)
         labels += [label] * (len(kept) - len(labels))
 
-    fresh = set(cache.fresh)
-    out.cached = len(kept) - sum(1 for i in kept if hashes[i] in fresh) if fresh else len(kept)
+    # every row in first_of is kept, once per content: the kept images decoded by this run
+    out.cached = len(kept) - sum(1 for h in set(cache.fresh) if h in first_of)
     out.hashes = [hashes[i] for i in kept] if len(kept) < len(hashes) else list(hashes)
     out.paths = [rels[i] for i in kept] if len(kept) < len(rels) else list(rels)
     out.labels = labels
-    out.pixels = cache.gather(out.hashes)
+    out.pixels, out.stats = cache.gather(out.hashes)
     rejected = {i: read(rels[i]) for i in sorted(problems)}  # every read before any write
     for i, data in rejected.items():
         item = Quarantined(rels[i], hashes[i], *problems[i])
         quarantine(lake, item, data, dataset_version)
         out.quarantined.append(item)
     cache.save()
-    save_index()
+    if index is not None:
+        index.save(scan)
     return out
 
 
@@ -651,48 +658,44 @@ def csv_field(value: str) -> str:
     return value
 
 
-def write_prepared(lake: Lake, prepared: Prepared, splits: list[str], classes: list[str]) -> None:
-    """Write arrays, metadata and summary; ``_SUCCESS`` last, so readers never see half."""
+def write_prepared(
+    lake: Lake, prepared: Prepared, splits: list[str], classes: list[str]
+) -> dict[str, Any]:
+    """Write arrays and metadata, then ``summary.json`` (the result): last, so a version whose
+    summary is there is whole. The accounting is checked before anything is written."""
+    result = prepared.result(splits, classes)
     prefix = f"prepared/{prepared.dataset_version}"
     x = prepared.pixels.astype(np.float32)
     x /= np.float32(255.0)  # in place: the same values as ``/ 255.0``, one array fewer
     label_index = {c: i for i, c in enumerate(classes)}
+    y = np.fromiter(map(label_index.__getitem__, prepared.labels), np.int64, len(prepared.labels))
     with lake.writer(f"{prefix}/data.npz") as fh:  # straight to the file: 3x faster
         np.savez(
             fh,
             x=x,
-            y=np.array([label_index[lbl] for lbl in prepared.labels], dtype=np.int64),
+            y=y,
             split=np.array(splits),
-            hash=np.array(prepared.hashes),
+            hash=np.array(prepared.hashes, dtype="S64"),  # ASCII: a quarter of the bytes
             classes=np.array(classes),
         )
     lake.write_bytes(f"{prefix}/metadata.csv", metadata_csv(prepared, splits).encode())
-    lake.write_bytes(f"{prefix}/_SUCCESS", b"")
+    lake.write_bytes(f"{prefix}/summary.json", json.dumps(result, indent=2).encode())
+    return result
 
 
 def metadata_csv(prepared: Prepared, splits: list[str]) -> str:
-    """One row per prepared image: what the data checks read.
-
-    Pixel statistics come from the 8-bit pixels: a minimum or maximum is one of 256 values
-    (formatted once), and the mean is exact (an integer sum), at a quarter of the memory
-    traffic of the float array.
-    """
-    pixels = prepared.pixels
-    count, height, width = pixels.shape
-    flat = pixels.reshape(count, height * width)
-    levels = [f"{k / 255:.6f}" for k in range(256)]
-    lows = flat.min(axis=1, initial=255).tolist()
-    highs = flat.max(axis=1, initial=0).tolist()
-    means = (flat.sum(axis=1, dtype=np.int64) / max(1, height * width * 255)).tolist()
+    """One row per prepared image: what the data checks read."""
+    _, height, width = prepared.pixels.shape
+    shape = f"{height},{width}"
     # Quoting is decided once for the whole column: checking each field costs more than the row.
     paths = prepared.paths
     if any(c in "".join(paths) for c in ',"\n'):
         paths = [csv_field(p) for p in paths]
     lines = ["content_hash,path,label,split,height,width,pixel_min,pixel_max,pixel_mean"]
     lines += [
-        f"{h},{p},{lbl},{sp},{height},{width},{levels[lo]},{levels[hi]},{mu:.6f}"
-        for h, p, lbl, sp, lo, hi, mu in zip(
-            prepared.hashes, paths, prepared.labels, splits, lows, highs, means, strict=True
+        f"{h},{p},{lbl},{sp},{shape},{stats}"
+        for h, p, lbl, sp, stats in zip(
+            prepared.hashes, paths, prepared.labels, splits, prepared.stats, strict=True
         )
     ]
     return "\n".join(lines) + "\n"
@@ -750,9 +753,7 @@ def prepare(
         if prepared is None:
             prepared = prepare_from(checkout_version(settings, version, datasets))
     splits = splits_of(prepared.hashes, params["split"])
-    write_prepared(lake, prepared, splits, classes)
-    result = prepared.result(splits, classes)
-    lake.write_bytes(f"prepared/{version}/summary.json", json.dumps(result, indent=2).encode())
+    result = write_prepared(lake, prepared, splits, classes)
     for item in prepared.quarantined:
         events.emit(
             "image_quarantined",

@@ -10,7 +10,7 @@ from PIL import Image
 from ml_tasks.config import load_settings
 from ml_tasks.dataset import synthesize
 from ml_tasks.lake import open_lake
-from ml_tasks.prepare import DecodeCache, prepare
+from ml_tasks.prepare import CACHE_FORMAT, DecodeCache, prepare
 from ml_tasks.step import StepError
 
 
@@ -29,8 +29,8 @@ def test_digits_prepare_with_every_image_accounted(flywheel_home: Path, digits_d
     with np.load(io.BytesIO(lake.read_bytes("prepared/test/data.npz"))) as data:
         assert data["x"].shape == (1797, 8, 8) and data["x"].dtype == np.float32
         assert data["x"].min() >= 0.0 and data["x"].max() <= 1.0
-        assert len(set(data["hash"].tolist())) == 1797
-    assert lake.exists("prepared/test/_SUCCESS")
+        assert len(set(data["hash"].astype(str).tolist())) == 1797
+    assert json.loads(lake.read_bytes("prepared/test/summary.json"))["prepared"] == 1797
 
 
 def test_adding_images_decodes_only_the_new_ones(
@@ -108,7 +108,7 @@ def test_decode_cache_shards_are_merged_and_still_serve_every_image(
     for seed in range(3):  # one new shard per run with new images
         synthesize(folder, count=5, size=8, seed=100 + seed)
         prepare_dir(folder)
-    shards = list((flywheel_home / "cache" / "prepare" / "s8-v1").glob("*.npz"))
+    shards = list((flywheel_home / "cache" / "prepare" / f"s8-{CACHE_FORMAT}").glob("*.npz"))
     assert len(shards) <= 2
     again = prepare_dir(folder)
     assert again["decoded"] == 0 and again["from_cache"] == 1797 + 15
@@ -123,7 +123,7 @@ def test_an_image_keeps_its_split_when_the_dataset_grows(
 
     def splits(version: str) -> dict[str, str]:
         with np.load(io.BytesIO(lake.read_bytes(f"prepared/{version}/data.npz"))) as data:
-            return dict(zip(data["hash"].tolist(), data["split"].tolist(), strict=True))
+            return dict(zip(data["hash"].astype(str).tolist(), data["split"].tolist(), strict=True))
 
     prepare(load_settings(), data_dir=folder, dataset_version="before")
     synthesize(folder, count=100, size=8, seed=7)
@@ -226,7 +226,7 @@ def test_metadata_statistics_match_the_prepared_arrays(flywheel_home: Path, tmp_
     prepare_dir(folder)
     lake = open_lake(load_settings().lake_uri)
     with np.load(io.BytesIO(lake.read_bytes("prepared/test/data.npz"))) as data:
-        x, hashes, splits = data["x"], data["hash"].tolist(), data["split"].tolist()
+        x, hashes, splits = data["x"], data["hash"].astype(str).tolist(), data["split"].tolist()
     lines = lake.read_bytes("prepared/test/metadata.csv").decode().splitlines()
     assert lines[0].split(",")[-3:] == ["pixel_min", "pixel_max", "pixel_mean"]
     rows = [line.split(",") for line in lines[1:]]
