@@ -10,7 +10,8 @@ from PIL import Image
 from ml_tasks.config import load_settings
 from ml_tasks.dataset import synthesize
 from ml_tasks.lake import open_lake
-from ml_tasks.prepare import CACHE_FORMAT, DecodeCache, prepare
+from ml_tasks.prepare import prepare
+from ml_tasks.prepare_cache import CACHE_FORMAT, DecodeCache
 from ml_tasks.step import StepError
 
 
