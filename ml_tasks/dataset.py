@@ -181,6 +181,8 @@ def cached_manifest(settings: Settings, version: str) -> dict[str, str] | None:
     DVC records a version's files in a ``.dir`` object; it is in the local cache once the
     version was added or pulled here. None when it is not (or unreadable): ask DVC instead.
     """
+    if len(version) != 32 or not all(c in "0123456789abcdef" for c in version):
+        return None  # not an md5: no object of DVC's cache can be named by it
     path = dvc_objects(settings) / version[:2] / f"{version[2:]}.dir"
     try:
         entries = json.loads(path.read_bytes())

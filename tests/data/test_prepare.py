@@ -312,3 +312,35 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
     assert len(prepared.hashes) == 30 and prepared.images_in == 31
     quarantined = [k for k in lake.list("quarantine/") if k.endswith("/new.png")]
     assert len(quarantined) == 1 and lake.read_bytes(quarantined[0]) == new_bytes
+
+
+def test_decode_cache_keeps_md5s_and_statistics_through_shards_and_merges(
+    tmp_path: Path,
+) -> None:
+    from ml_tasks.prepare_cache import pixel_stats
+
+    rng = np.random.default_rng(3)
+    images = {f"{i:064x}": rng.integers(0, 256, (4, 4), dtype=np.uint8) for i in range(5)}
+    cache = DecodeCache.at(tmp_path, 4).load()
+    for i, (digest, pixels) in enumerate(images.items()):
+        cache.add(digest, f"{i:032x}", pixels)
+        if i == 2:
+            cache.save()  # two shards: three images, then two
+    cache.add_bad("f" * 64, "e" * 32, "truncated", "broken")
+    cache.save()
+    expected = pixel_stats(np.stack(list(images.values())))
+
+    def check(loaded: DecodeCache) -> None:
+        assert loaded.by_md5 == {
+            **{f"{i:032x}": digest for i, digest in enumerate(images)},
+            "e" * 32: "f" * 64,
+        }
+        pixels, stats = loaded.gather(list(images))
+        assert np.array_equal(pixels, np.stack(list(images.values())))
+        assert stats == expected and all(s.count(",") == 2 for s in stats)
+
+    check(DecodeCache.at(tmp_path, 4).load())
+    merged = DecodeCache.at(tmp_path, 4).load()
+    merged.compact()
+    assert len(list(merged.folder.glob("*.npz"))) == 1
+    check(DecodeCache.at(tmp_path, 4).load())
