@@ -16,7 +16,8 @@ from typing import Any
 
 from ml_tasks import events
 from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.lake import LakeError, open_lake
+from ml_tasks.lake import open_lake
+from ml_tasks.prepare import prepared_prefix
 from ml_tasks.step import StepError, add_result_option, resolve_dataset_version, run_step
 
 
@@ -117,11 +118,8 @@ def check(settings: Settings, dataset_version: str) -> dict[str, Any]:
 
     params = load_params(settings.params_path)
     lake = open_lake(settings.lake_uri)
-    prefix = f"prepared/{dataset_version}"
-    try:
-        raw = lake.read_bytes(f"{prefix}/metadata.csv")
-    except LakeError as exc:
-        raise StepError(f"dataset version {dataset_version} is not prepared: {exc}") from exc
+    prefix = prepared_prefix(lake, dataset_version)
+    raw = lake.read_bytes(f"{prefix}/metadata.csv")
     metadata = pd.read_csv(io.BytesIO(raw), dtype={"label": str, "content_hash": str})
     report = run_suites(metadata, params["checks"], params["prepare"])
     report["dataset_version"] = dataset_version

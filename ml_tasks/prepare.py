@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,14 @@ import numpy as np
 
 from ml_tasks import events
 from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.dataset import VersionFiles, VersionNotLocal
+from ml_tasks.dataset import (
+    VersionFiles,
+    VersionNotLocal,
+    checkout_version,
+    fetch_version,
+    local_version,
+    tracked_version,
+)
 from ml_tasks.images import BadImage, content_hash, decode_image
 from ml_tasks.lake import Lake, open_lake
 from ml_tasks.prepare_cache import DecodeCache, FileIndex
@@ -171,7 +179,12 @@ def list_folder(folder: Path) -> list[tuple[str, list[str]]]:
 
 def group_paths(rels: list[str]) -> list[tuple[str, list[str]]]:
     """:func:`list_folder`'s order for a list of relative paths (a dataset version's), with
-    each group holding the paths themselves, not just the names."""
+    each group holding the paths themselves, not just the names. Hidden files and folders are
+    left out, as :func:`list_folder` leaves them (DVC records them: ``.DS_Store`` and the like).
+    """
+    joined = "/" + "\n/".join(rels)
+    if "/." in joined:  # rare: filter path by path only then
+        rels = [rel for rel in rels if "/." not in f"/{rel}"]
     folders: dict[str, list[str]] = {}
     for rel in rels:
         rel_dir = rel.rpartition("/")[0]
@@ -292,6 +305,10 @@ def scan_version(
     return scan
 
 
+def read_in(folder: Path, rel: str) -> bytes:
+    return (folder / rel).read_bytes()
+
+
 def quarantine(lake: Lake, item: Quarantined, data: bytes, dataset_version: str) -> None:
     """Copy a rejected file and its reason into the lake; keyed by content, so idempotent."""
     base = f"quarantine/prepare/{item.content_hash[:16]}"
@@ -366,14 +383,21 @@ def prepare_images(
         finally:
             if bar is not None:
                 bar.close()
-        read = images.read_or_raise
+        files = images
+
+        def read(rel: str) -> bytes:  # a file seen before may be gone by now (quarantine)
+            try:
+                return files.read_or_raise(rel)
+            except VersionNotLocal:
+                cache.save()
+                raise
+
     else:
         index = FileIndex(cache_dir, images)
         scan = scan_folder(images, listing, index.load(), on_new_content, on_group)
         if bar is not None:
             bar.close()
-        folder = images
-        read = lambda rel: (folder / rel).read_bytes()  # noqa: E731
+        read = partial(read_in, images)
     out.images_in = len(scan.rels)
     hashes, rels = scan.hashes, scan.rels
 
@@ -462,6 +486,7 @@ def write_prepared(
     summary is there is whole. The accounting is checked before anything is written."""
     result = prepared.result(splits, classes)
     prefix = f"prepared/{prepared.dataset_version}"
+    lake.delete(f"{prefix}/summary.json")  # a version prepared again is not whole until the end
     x = prepared.pixels.astype(np.float32)
     x /= np.float32(255.0)  # in place: the same values as ``/ 255.0``, one array fewer
     label_index = {c: i for i, c in enumerate(classes)}
@@ -472,12 +497,28 @@ def write_prepared(
             x=x,
             y=y,
             split=np.array(splits),
-            hash=np.array(prepared.hashes, dtype="S64"),  # ASCII: a quarter of the bytes
+            hash=np.array(prepared.hashes),
             classes=np.array(classes),
         )
     lake.write_bytes(f"{prefix}/metadata.csv", metadata_csv(prepared, splits).encode())
     lake.write_bytes(f"{prefix}/summary.json", json.dumps(result, indent=2).encode())
     return result
+
+
+def prepared_prefix(lake: Lake, dataset_version: str) -> str:
+    """``prepared/<dataset version>`` in the lake, once prepare has written all of it.
+
+    Readers (checks, train, validate) call this first: ``summary.json`` is written last, so a
+    version without it was never prepared, or its prepare has not finished (or failed).
+    """
+    prefix = f"prepared/{dataset_version}"
+    if not lake.exists(f"{prefix}/summary.json"):
+        raise StepError(
+            f"dataset version {dataset_version} is not prepared (no {prefix}/summary.json in "
+            f"{lake.url('')}): run `python -m ml_tasks.prepare --dataset-version "
+            f"{dataset_version}` first"
+        )
+    return prefix
 
 
 def metadata_csv(prepared: Prepared, splits: list[str]) -> str:
@@ -506,8 +547,6 @@ def prepare(
     progress: bool = False,
 ) -> dict[str, Any]:
     """The whole step: resolve the dataset version, prepare it, write it to the lake."""
-    from ml_tasks.dataset import checkout_version, fetch_version, local_version, tracked_version
-
     params = load_params(settings.params_path)["prepare"]
     lake = open_lake(settings.lake_uri)
     classes = [str(c) for c in params["classes"]]
@@ -575,9 +614,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ml_tasks.prepare",
         description="Decode, check and split a dataset version into prepared/<version>/.",
-        epilog="The work tree is used when it holds the version (checked against DVC's record); "
-        "any other version is fetched through DVC from the remote. A re-run reads and decodes "
-        "only new or changed files; unusable files go to quarantine/prepare/ with a reason.",
+        epilog="A version is prepared from DVC's record of it when this machine has it: files "
+        "seen before are not opened, new ones are read from DVC's cache or the work tree when "
+        "their md5 is the recorded one. Otherwise the version is fetched through DVC from the "
+        "remote. Unusable files go to quarantine/prepare/ with a reason.",
     )
     parser.add_argument(
         "--dataset-version", help="DVC hash of data/images (default: the work tree's)"

@@ -19,7 +19,7 @@ import numpy as np
 
 from ml_tasks import events
 from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.lake import LakeError, open_lake
+from ml_tasks.lake import open_lake
 from ml_tasks.step import StepError, add_result_option, resolve_dataset_version, run_step
 
 HYPERPARAMS = {
@@ -46,11 +46,10 @@ class PreparedData:
 
 
 def load_prepared(settings: Settings, dataset_version: str) -> PreparedData:
+    from ml_tasks.prepare import prepared_prefix
+
     lake = open_lake(settings.lake_uri)
-    try:
-        raw = lake.read_bytes(f"prepared/{dataset_version}/data.npz")
-    except LakeError as exc:
-        raise StepError(f"dataset version {dataset_version} is not prepared: {exc}") from exc
+    raw = lake.read_bytes(f"{prepared_prefix(lake, dataset_version)}/data.npz")
     with np.load(io.BytesIO(raw)) as data:
         return PreparedData(data["x"], data["y"], data["split"], [str(c) for c in data["classes"]])
 

@@ -262,6 +262,8 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
         return hashlib.md5(data).hexdigest()
 
     manifest = {p.relative_to(folder).as_posix(): md5(p.read_bytes()) for p in files}
+    (folder / "3" / ".DS_Store").write_bytes(b"finder")  # DVC records it; prepare skips it
+    manifest["3/.DS_Store"] = md5(b"finder")
     settings = load_settings()
     lake = open_lake(settings.lake_uri)
 
@@ -289,8 +291,10 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
     assert np.array_equal(edited["pixels"], first["pixels"])
 
     # a new file recorded with other content than the work tree's: refused, nothing written
+    # (not even the broken file beside it, which would be quarantined)
     new_bytes = (tmp_path / "moved-never").as_posix().encode()  # anything but that file
-    grown = {**manifest, "3/new.png": md5(new_bytes)}
+    (folder / "3" / "broken.png").write_bytes(b"broken")
+    grown = {**manifest, "3/new.png": md5(new_bytes), "3/broken.png": md5(b"broken")}
     shutil.copy(files[2], folder / "3" / "new.png")
     before = sorted(lake.list(""))
     with pytest.raises(VersionNotLocal, match="1 file") as missing:
@@ -301,15 +305,20 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
     # ...and read from DVC's cache of objects when it is there: a broken image, quarantined
     (objects / grown["3/new.png"][:2]).mkdir(parents=True)
     (objects / grown["3/new.png"][:2] / grown["3/new.png"][2:]).write_bytes(new_bytes)
-    prepared = prepare_images(
-        VersionFiles(grown, objects, folder),
-        dataset_version="v2",
-        lake=lake,
-        cache_dir=tmp_path / "cache",
-        params=load_params(settings.params_path)["prepare"],
-    )
-    assert [(q.path, q.reason) for q in prepared.quarantined] == [("3/new.png", "not_an_image")]
-    assert len(prepared.hashes) == 30 and prepared.images_in == 31
+    for version in ("v2", "v2-again"):  # the second time known by md5, read to be copied
+        prepared = prepare_images(
+            VersionFiles(grown, objects, folder),
+            dataset_version=version,
+            lake=lake,
+            cache_dir=tmp_path / "cache",
+            params=load_params(settings.params_path)["prepare"],
+        )
+        assert [(q.path, q.reason) for q in prepared.quarantined] == [
+            ("3/broken.png", "not_an_image"),
+            ("3/new.png", "not_an_image"),
+        ]
+        assert len(prepared.hashes) == 30 and prepared.images_in == 32
+    assert prepared.decoded == 0
     quarantined = [k for k in lake.list("quarantine/") if k.endswith("/new.png")]
     assert len(quarantined) == 1 and lake.read_bytes(quarantined[0]) == new_bytes
 
