@@ -177,14 +177,17 @@ def list_folder(folder: Path) -> list[tuple[str, list[str]]]:
     return in_path_order(folders)
 
 
+def hidden_paths(rels: list[str]) -> list[str]:
+    """The paths under a hidden file or folder (``.DS_Store`` and the like), which DVC records
+    and :func:`list_folder` leaves out: prepare leaves them out of a version too."""
+    if "/." not in "/" + "\n/".join(rels):  # the usual answer, without a loop
+        return []
+    return [rel for rel in rels if "/." in f"/{rel}"]
+
+
 def group_paths(rels: list[str]) -> list[tuple[str, list[str]]]:
     """:func:`list_folder`'s order for a list of relative paths (a dataset version's), with
-    each group holding the paths themselves, not just the names. Hidden files and folders are
-    left out, as :func:`list_folder` leaves them (DVC records them: ``.DS_Store`` and the like).
-    """
-    joined = "/" + "\n/".join(rels)
-    if "/." in joined:  # rare: filter path by path only then
-        rels = [rel for rel in rels if "/." not in f"/{rel}"]
+    each group holding the paths themselves, not just the names."""
     folders: dict[str, list[str]] = {}
     for rel in rels:
         rel_dir = rel.rpartition("/")[0]
@@ -351,7 +354,17 @@ def prepare_images(
     out = Prepared(dataset_version, lake.url(f"prepared/{dataset_version}"))
 
     if isinstance(images, VersionFiles):
-        listing = group_paths(list(images.manifest))
+        rels = list(images.manifest)
+        if hidden := hidden_paths(rels):
+            events.emit(
+                "hidden_files_skipped",
+                level="warning",
+                dataset_version=dataset_version,
+                count=len(hidden),
+                paths=hidden[:20],
+            )
+            rels = sorted(set(rels) - set(hidden))
+        listing = group_paths(rels)
     else:
         listing = list_folder(images)
     bar: Any = None

@@ -246,10 +246,11 @@ def test_missing_folder_is_a_clear_error(flywheel_home: Path, tmp_path: Path) ->
 
 
 def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
-    flywheel_home: Path, tmp_path: Path
+    flywheel_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import hashlib
 
+    from ml_tasks import events
     from ml_tasks.config import load_params
     from ml_tasks.dataset import VersionFiles, VersionNotLocal
     from ml_tasks.prepare import prepare_images
@@ -277,8 +278,13 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
         )
         return {"decoded": prepared.decoded, "pixels": prepared.pixels, "in": prepared.images_in}
 
+    log = tmp_path / "events.jsonl"
+    monkeypatch.setattr(events._state, "path", log)
+    monkeypatch.setattr(events._state, "stream", io.StringIO())
     first = run("v1", VersionFiles(manifest, objects, folder))
     assert first["decoded"] == 30 and first["in"] == 30
+    skipped = [e for e in events.read_events(log) if e["action"] == "hidden_files_skipped"]
+    assert [(e["dataset_version"], e["paths"]) for e in skipped] == [("v1", ["3/.DS_Store"])]
     # seen before: prepared from the caches by md5, without opening a file (none are left)
     folder.rename(tmp_path / "moved")
     again = run("v1-again", VersionFiles(manifest, objects, folder))
