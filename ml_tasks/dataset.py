@@ -187,7 +187,16 @@ def cached_manifest(settings: Settings, version: str) -> dict[str, str] | None:
     try:
         entries = json.loads(path.read_bytes())
         return {e["relpath"]: e["md5"] for e in entries}  # as DVC wrote it: strings
-    except (OSError, ValueError, TypeError, KeyError):
+    except FileNotFoundError:
+        return None  # not added or pulled here: the usual case in a pod
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        events.emit(
+            "dvc_record_unreadable",
+            level="warning",
+            dataset_version=version,
+            path=str(path),
+            detail=f"{type(exc).__name__}: {exc}",
+        )
         return None
 
 

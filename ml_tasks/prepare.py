@@ -363,7 +363,8 @@ def prepare_images(
                 count=len(hidden),
                 paths=hidden[:20],
             )
-            rels = sorted(set(rels) - set(hidden))
+            skipped = set(hidden)
+            rels = [rel for rel in rels if rel not in skipped]
         listing = group_paths(rels)
     else:
         listing = list_folder(images)
@@ -385,17 +386,21 @@ def prepare_images(
                 cache.add_bad(digest, md5, exc.reason, str(exc))
 
     on_group = None if bar is None else lambda files, read: bar.update(files - read)
-    read: Callable[[str], bytes]
     index: FileIndex | None = None  # a folder's; a version's files are known by md5 instead
-    if isinstance(images, VersionFiles):
-        try:
+    try:
+        if isinstance(images, VersionFiles):
             scan = scan_version(images, listing, cache.by_md5, on_new_content, on_group)
-        except VersionNotLocal:
-            cache.save()  # what was read and decoded stays valid: keep it for the next run
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
+        else:
+            index = FileIndex(cache_dir, images)
+            scan = scan_folder(images, listing, index.load(), on_new_content, on_group)
+    except VersionNotLocal:
+        cache.save()  # what was read and decoded stays valid: keep it for the next run
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    read: Callable[[str], bytes]
+    if isinstance(images, VersionFiles):
         files = images
 
         def read(rel: str) -> bytes:  # a file seen before may be gone by now (quarantine)
@@ -406,10 +411,6 @@ def prepare_images(
                 raise
 
     else:
-        index = FileIndex(cache_dir, images)
-        scan = scan_folder(images, listing, index.load(), on_new_content, on_group)
-        if bar is not None:
-            bar.close()
         read = partial(read_in, images)
     out.images_in = len(scan.rels)
     hashes, rels = scan.hashes, scan.rels

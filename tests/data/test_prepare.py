@@ -359,3 +359,24 @@ def test_decode_cache_keeps_md5s_and_statistics_through_shards_and_merges(
     merged.compact()
     assert len(list(merged.folder.glob("*.npz"))) == 1
     check(DecodeCache.at(tmp_path, 4).load())
+
+
+def test_an_unreadable_dvc_record_is_reported_and_dvc_asked_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_tasks import events
+    from ml_tasks.dataset import cached_manifest, dvc_objects
+
+    monkeypatch.setenv("FLYWHEEL_REPO", str(tmp_path))
+    log = tmp_path / "events.jsonl"
+    monkeypatch.setattr(events._state, "path", log)
+    monkeypatch.setattr(events._state, "stream", io.StringIO())
+    version = "ab" + "0" * 30
+    assert cached_manifest(load_settings(), version) is None  # not here: nothing to report
+    assert not log.exists() or not events.read_events(log)
+    record = dvc_objects(load_settings()) / "ab" / f"{'0' * 30}.dir"
+    record.parent.mkdir(parents=True)
+    record.write_text('[{"md5": "x"')  # cut short
+    assert cached_manifest(load_settings(), version) is None
+    (event,) = events.read_events(log)
+    assert event["action"] == "dvc_record_unreadable" and event["dataset_version"] == version
