@@ -11,9 +11,9 @@ liveness probes on the v2 health endpoints. Credentials (the MLflow server, the 
 its artifacts) come from Kubernetes Secrets through ``envFrom``; nothing secret is rendered.
 
 No cluster runs where this is developed, so the manifest is validated offline against KServe's
-CRD (``<repo>/../shared/schemas/kserve-inferenceservices-crd.yaml``, or
-``FLYWHEEL_SCHEMAS_DIR``): the CRD's v1beta1 ``openAPIV3Schema`` (what the API server checks)
-plus a strict pass that rejects fields the schema does not declare, as
+CRD, vendored beside this module (``ml_tasks/schemas/``; source and licence in ``NOTICE``;
+``FLYWHEEL_SCHEMAS_DIR`` overrides the folder): the CRD's v1beta1 ``openAPIV3Schema`` (what the
+API server checks) plus a strict pass that rejects fields the schema does not declare, as
 ``kubectl apply --validate=strict`` would; a typo must not silently deploy a default.
 """
 
@@ -181,11 +181,11 @@ def to_yaml(manifest: Mapping[str, Any]) -> str:
 
 
 def schemas_dir() -> Path:
-    """``FLYWHEEL_SCHEMAS_DIR``, else ``<checkout>/../shared/schemas`` (CI checks it out beside
-    the clone); relative to the code's checkout, not ``FLYWHEEL_REPO``, which may be elsewhere."""
+    """``FLYWHEEL_SCHEMAS_DIR``, else the schemas vendored in the package: they travel with the
+    code (a clone, the steps image), whatever ``FLYWHEEL_REPO`` points at."""
     if env := os.environ.get("FLYWHEEL_SCHEMAS_DIR"):
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "schemas"
+    return Path(__file__).resolve().parent / "schemas"
 
 
 @lru_cache(maxsize=4)
@@ -206,8 +206,8 @@ def crd_schema(path: Path | None = None) -> dict[str, Any]:
     path = path or schemas_dir() / CRD_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"the KServe CRD schema is missing: {path} (check out the shared schemas beside the "
-            "repository, or set FLYWHEEL_SCHEMAS_DIR)"
+            f"the KServe CRD schema is missing: {path} (it ships in ml_tasks/schemas/; "
+            f"FLYWHEEL_SCHEMAS_DIR, when set, must name a folder that holds {CRD_FILE})"
         )
     return _load_schema(path.resolve())
 

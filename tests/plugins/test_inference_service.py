@@ -20,7 +20,7 @@ from ml_tasks.inference_service import (
 
 @pytest.fixture(scope="module")
 def manifest() -> dict[str, Any]:
-    crd_schema()  # load once for the module (and fail clearly if ../shared is missing)
+    crd_schema()  # load once for the module (the CRD vendored in ml_tasks/schemas/)
     return render_inference_service("digits", "7", ServingOptions(canary_traffic_percent=10))
 
 
