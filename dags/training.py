@@ -8,9 +8,10 @@ approves, deploys it:
 `train` (MLflow) → `validate` (test split against the champion) → `register_if_better` →
 `await_approval` (human in the loop) → `deploy` or `record_rejection`.
 
-- **When**: nightly at 02:00 UTC, whenever a new dataset version is published (Asset
-  `flywheel://dataset/images`, emitted by the annotation loop), by hand (validated params), and
-  as backfills: `airflow backfill create --dag-id training --from-date … --to-date …`.
+- **When**: nightly at 02:00 UTC (unpausing does not run a slot that passed), whenever a new
+  dataset version is published (Asset `flywheel://dataset/images`, emitted by the annotation
+  loop), by hand (validated params), and as backfills:
+  `airflow backfill create --dag-id training --from-date … --to-date …`.
 - **Backfills** train on the dataset version that was current at their logical date and
   evaluate only: nothing is registered, no alias moves, no approval is asked. Create them with
   `--max-active-runs 1` (a backfill's own limit; the DAG's applies to other runs) on an
@@ -29,21 +30,27 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, Param, dag, task
 from flywheel_airflow.assets import dataset_asset
 from flywheel_airflow.gates import (
     AWAIT_APPROVAL,
     BACKFILL_KEEPS_CHAMPION,
     REGISTRATION_SKIPPED,
+    approval_responder,
     approval_timeout,
     is_backfill,
+    rejection_reason,
 )
 from flywheel_airflow.operators.approval import ApprovalGate
 from flywheel_airflow.operators.step import StepOperator
+from flywheel_airflow.timetables.nightly import NightlySchedule
 
 DATASET = "{{ ti.xcom_pull(task_ids='resolve_dataset')['dataset_version'] }}"
 MODEL_VERSION = "{{ ti.xcom_pull(task_ids='validate')['model_version'] }}"
-RESPONDER = "{{ ti.xcom_pull(task_ids='await_approval', key='decision')['who'] }}"
+# Who answered; with no answer behind them (the approval marked success by hand) the two
+# tasks after the approval skip, so nothing deploys without a person's decision.
+APPROVED_BY = "{{ approval_responder(ti, approved=True) }}"
+REJECTED_BY = "{{ approval_responder(ti, approved=False) }}"
 
 
 def optional(flag: str, param: str) -> str:
@@ -54,7 +61,10 @@ def optional(flag: str, param: str) -> str:
 @dag(
     dag_id="training",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=dataset_asset()
+        # Unpausing never starts the slot that passed already (no hidden run before yours).
+        # A custom timetable is a core Timetable (registered by a plugin), not an SDK one.
+        timetable=NightlySchedule("0 2 * * *", timezone="UTC"),  # type: ignore[arg-type]
+        assets=dataset_asset(),
     ),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
@@ -63,7 +73,11 @@ def optional(flag: str, param: str) -> str:
     dagrun_timeout=timedelta(days=2),
     tags=["flywheel", "training", "mlops"],
     doc_md=__doc__,
-    user_defined_macros={"is_backfill": is_backfill},
+    user_defined_macros={
+        "is_backfill": is_backfill,
+        "approval_responder": approval_responder,
+        "rejection_reason": rejection_reason,
+    },
     params={
         "epochs": Param(
             None,
@@ -177,7 +191,7 @@ def training() -> None:
             "--model-version",
             MODEL_VERSION,
             "--approved-by",
-            RESPONDER,
+            APPROVED_BY,
             "--caller-run-id",
             "{{ run_id }}",
         ],
@@ -190,11 +204,9 @@ def training() -> None:
             "--model-version",
             MODEL_VERSION,
             "--rejected-by",
-            RESPONDER,
+            REJECTED_BY,
             "--reason",
-            "{{ 'no answer before the approval timed out' if "
-            "ti.xcom_pull(task_ids='await_approval', key='decision')['timed_out'] "
-            "else 'rejected at the approval gate' }}",
+            "{{ rejection_reason(ti) }}",
             "--caller-run-id",
             "{{ run_id }}",
         ],

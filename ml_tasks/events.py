@@ -4,7 +4,9 @@ Each line has ``ts`` (UTC, ISO 8601), ``component``, ``action`` and the ids that
 across systems: ``dag_id``, ``run_id``, ``task_id`` (taken from the ``AIRFLOW_CTX_*`` variables
 Airflow exports to tasks and the step backends pass on), ``mlflow_run_id``, ``model_version``,
 ``dataset_version``, ``batch``. Lines go to stderr (a pod's log, which the cluster's collector
-reads; stdout stays free for a command's own output) and are appended to a local file
+reads; stdout stays free for a command's own output), or, inside an Airflow task, to the task's
+logger at the event's level (Airflow files a task's raw stderr as ERROR), and are appended to a
+local file
 (``FLYWHEEL_LOG_PATH``) that ``python -m ml_tasks.audit`` queries. Secrets never reach the
 log: keys that name credentials are masked, and so are passwords embedded in URIs.
 
@@ -14,12 +16,13 @@ Nothing is configured at import time: a CLI entry point calls :func:`configure`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 _SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|api_key|access_key)", re.I)
 _URI_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@")
@@ -32,10 +35,20 @@ _AIRFLOW_IDS = {
 MASK = "***"
 
 
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+class TaskLogger(Protocol):
+    """What :func:`configure` needs of a logger: stdlib's, or an Airflow task's ``self.log``."""
+
+    def log(self, level: int, msg: Any, /, *args: Any) -> Any: ...
+
+
 class _State:
     component = "flywheel"
     path: Path | None = None
     stream: TextIO | None = None
+    logger: TaskLogger | None = None
 
 
 _state = _State()
@@ -55,13 +68,29 @@ def redact(value: Any) -> Any:
     return value
 
 
-def configure(component: str, *, path: Path | None = None, stream: TextIO | None = None) -> None:
-    """Say who is speaking and where lines go; called once by each command's entry point."""
+def configure(
+    component: str,
+    *,
+    path: Path | None = None,
+    stream: TextIO | None = None,
+    logger: TaskLogger | None = None,
+) -> None:
+    """Say who is speaking and where lines go; called once by each command's entry point.
+
+    Lines go to ``logger`` when one is given (an Airflow task's own), else to ``stream``
+    (stderr by default).
+    """
     from ml_tasks.config import load_settings
 
     _state.component = component
     _state.path = path if path is not None else load_settings().log_path
-    _state.stream = stream if stream is not None else sys.stderr
+    _state.logger = logger
+    _state.stream = None if logger is not None else (stream if stream is not None else sys.stderr)
+
+
+def level_of(event: dict[str, Any]) -> int:
+    """The :mod:`logging` level an event is logged at (unknown levels count as errors)."""
+    return _LEVELS.get(str(event.get("level", "info")), logging.ERROR)
 
 
 def airflow_ids() -> dict[str, str]:
@@ -81,7 +110,9 @@ def emit(action: str, *, level: str = "info", **fields: Any) -> dict[str, Any]:
     }
     event = redact(event)
     line = json.dumps(event, default=str, separators=(",", ":"))
-    if _state.stream is not None:
+    if _state.logger is not None:
+        _state.logger.log(level_of(event), "%s", line)
+    elif _state.stream is not None:
         print(line, file=_state.stream, flush=True)
     if _state.path is not None:
         _state.path.parent.mkdir(parents=True, exist_ok=True)

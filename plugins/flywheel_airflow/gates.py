@@ -3,6 +3,9 @@
 - :func:`route_after_validation`: where a run goes once ``validate`` decided (register-if-better).
 - :func:`is_backfill`: backfill runs never move ``champion``, so they never reach approval.
 - :func:`approval_timeout`: how long the approval waits before it counts as Reject.
+- :func:`approval_responder`, :func:`rejection_reason`: what ``deploy`` and
+  ``record_rejection`` take from the approval; with no decision behind them (the approval task
+  marked success by hand) they skip, so nothing deploys without a person's answer.
 - :func:`record_gate`: every gate decision is an audit event (``ml_tasks.events``) and, when the
   Airflow REST API is configured, the DAG run's note, so the reason is visible in the UI.
 """
@@ -69,11 +72,61 @@ def route_after_validation(decision: dict[str, Any], *, backfill: bool) -> tuple
     )
 
 
+def approval_decision(ti: Any, *, approved: bool) -> dict[str, Any]:
+    """The approval's decision, for the task on its ``approved`` (or rejected) branch.
+
+    Skips that task (never fails it: a retry cannot make a decision appear) when there is no
+    decision, which happens when someone marks ``await_approval`` success by hand, or when the
+    decision belongs to the other branch. No decision is no approval: nothing deploys.
+    """
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    decision = ti.xcom_pull(task_ids=AWAIT_APPROVAL, key="decision")
+    if not isinstance(decision, dict):
+        version = (ti.xcom_pull(task_ids="validate") or {}).get("model_version")
+        message = (
+            f"{AWAIT_APPROVAL} finished without a decision (was it marked success by hand?): "
+            f"that is no approval, so nothing is deployed and model version {version} stays "
+            f"challenger. To decide, clear {AWAIT_APPROVAL} and answer it as an approver in "
+            "Browse → Required Actions."
+        )
+        if approved:  # one event per run: the deploy side reports it
+            from ml_tasks import events
+
+            events.configure("airflow", logger=log)
+            events.emit(
+                "gate_decided",
+                level="warning",
+                gate="approval",
+                decision="none",
+                reason=message,
+                model_version=version,
+            )
+        raise AirflowSkipException(message)
+    if bool(decision.get("approved")) != approved:
+        raise AirflowSkipException(
+            f"the approval's answer was {decision.get('choice')!r} by {decision.get('who')}: "
+            "this branch does not apply"
+        )
+    return decision
+
+
+def approval_responder(ti: Any, *, approved: bool) -> str:
+    """Who answered the approval (``timeout`` when nobody did); see :func:`approval_decision`."""
+    return str(approval_decision(ti, approved=approved)["who"])
+
+
+def rejection_reason(ti: Any) -> str:
+    if approval_decision(ti, approved=False).get("timed_out"):
+        return "no answer before the approval timed out"
+    return "rejected at the approval gate"
+
+
 def record_gate(context: Any, gate: str, decision: str, reason: str, **ids: Any) -> None:
     """Log the decision, emit the audit event, and put the reason in the run's note."""
     from ml_tasks import events
 
-    events.configure("airflow")
+    events.configure("airflow", logger=log)
     dag_run = context["dag_run"]
     log.info("%s: %s — %s", gate, decision, reason)
     events.emit(

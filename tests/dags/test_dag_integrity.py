@@ -111,3 +111,15 @@ def test_training_dag_shape_and_schedule(training_dag: object) -> None:
     assert approval.defaults == ["Reject"]
     assert approval.response_timeout == timedelta(hours=24)
     assert approval.options_mapping == {"Approve": "deploy", "Reject": "record_rejection"}
+
+
+def test_training_schedule_survives_serialization(training_dag: object) -> None:
+    """The dag-processor stores the DAG serialized and the scheduler reads it back: the custom
+    nightly timetable (registered by ``plugins/flywheel_timetables.py``) must round-trip."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from flywheel_airflow.timetables.nightly import NightlySchedule
+
+    back = DagSerialization.from_dict(DagSerialization.to_dict(training_dag))
+    schedule = back.timetable.timetable  # type: ignore[attr-defined]
+    assert isinstance(schedule, NightlySchedule)
+    assert schedule.serialize() == training_dag.timetable.timetable.serialize()  # type: ignore[attr-defined]

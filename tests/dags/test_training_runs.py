@@ -108,6 +108,27 @@ def test_reject_path_records_the_decision_and_deploys_nothing(
     assert rejected and rejected[0]["who"] == APPROVER and rejected[0]["model_version"] == version
 
 
+def test_approval_marked_success_by_hand_deploys_nothing(
+    training_dag: Any, data_repo: str, mlflow_url: str
+) -> None:
+    # "Mark success" on the approval task in the UI: no decision exists, so no approval.
+    before = champion(mlflow_url)
+    dag_run = training_dag.test(
+        run_conf={"force_register": True, **FAST}, mark_success_pattern="await_approval"
+    )
+    states = task_states(dag_run)
+    assert str(dag_run.state) == "success", states
+    assert states["deploy"] == "skipped" and states["record_rejection"] == "skipped", states
+    version = dag_run.get_task_instance("validate").xcom_pull(task_ids="validate")["model_version"]
+    assert champion(mlflow_url) == before != version
+    missing = [
+        e
+        for e in events_of(dag_run.run_id)
+        if e["action"] == "gate_decided" and e.get("decision") == "none"
+    ]
+    assert len(missing) == 1 and "stays challenger" in missing[0]["reason"], missing
+
+
 def test_not_better_skips_registration_with_the_reason(
     training_dag: Any,
     data_repo: str,

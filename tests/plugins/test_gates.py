@@ -146,3 +146,97 @@ def test_approval_timeout_is_a_day_unless_set_and_refuses_nonsense(
         monkeypatch.setenv("FLYWHEEL_APPROVAL_TIMEOUT", bad)
         with pytest.raises(ValueError, match="FLYWHEEL_APPROVAL_TIMEOUT"):
             approval_timeout()
+
+
+class FakeTi:
+    """What the approval's two downstream tasks read: XComs by task and key."""
+
+    def __init__(self, decision: dict[str, object] | None) -> None:
+        self.decision = decision
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value") -> object:
+        if (task_ids, key) == ("await_approval", "decision"):
+            return self.decision
+        if task_ids == "validate":
+            return {"model_version": "7"}
+        return None
+
+
+def test_a_decision_less_approval_deploys_nothing_and_says_why(
+    flywheel_home: object,
+) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+    from flywheel_airflow.gates import approval_responder, rejection_reason
+
+    # The approval task marked success by hand: no decision in XCom. Both tasks after it skip
+    # (no retries, nothing deployed, nothing recorded as a person's answer).
+    with pytest.raises(AirflowSkipException, match=r"without a decision.*stays challenger"):
+        approval_responder(FakeTi(None), approved=True)
+    with pytest.raises(AirflowSkipException, match="without a decision"):
+        rejection_reason(FakeTi(None))
+
+
+def test_each_side_of_the_approval_takes_only_its_own_answer() -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+    from flywheel_airflow.gates import approval_responder, rejection_reason
+
+    approved = {"choice": "Approve", "approved": True, "who": "ada", "timed_out": False}
+    rejected = {"choice": "Reject", "approved": False, "who": "timeout", "timed_out": True}
+    assert approval_responder(FakeTi(approved), approved=True) == "ada"
+    assert approval_responder(FakeTi(rejected), approved=False) == "timeout"
+    assert rejection_reason(FakeTi(rejected)) == "no answer before the approval timed out"
+    with pytest.raises(AirflowSkipException, match="'Approve' by ada"):
+        approval_responder(FakeTi(approved), approved=False)
+    with pytest.raises(AirflowSkipException, match="'Reject'"):
+        approval_responder(FakeTi(rejected), approved=True)
+
+
+def test_approval_body_flags_a_forced_challenger_worse_than_the_champion() -> None:
+    forced = {
+        **REGISTERED,
+        "reason": "registration forced by the caller (floors passed)",
+        "new": {"accuracy": 0.90, "macro_f1": 0.94},
+    }
+    body = approval_body(forced, None)
+    assert "worse than champion v3** on accuracy:" in body
+    assert "worse than" not in approval_body(REGISTERED, None)
+
+
+def test_approval_body_says_who_may_answer() -> None:
+    users = parse_approvers("ada:Ada Lovelace, bob")
+    body = approval_body(REGISTERED, None, users)
+    assert "Only Ada Lovelace (`ada`), bob (`bob`) may answer" in body
+
+
+def test_unpausing_does_not_run_the_slot_that_passed() -> None:
+    import datetime
+
+    from airflow._shared.timezones.timezone import utcnow
+    from airflow.timetables.base import DataInterval, TimeRestriction
+    from airflow.timetables.trigger import CronTriggerTimetable
+    from flywheel_airflow.timetables.nightly import NightlySchedule
+
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    fresh = TimeRestriction(earliest=start, latest=None, catchup=False)
+    now = utcnow()
+    # With no grace, the last two-hourly slot has always passed: Airflow's own timetable
+    # runs it as soon as the DAG is unpaused; ours waits for the next slot.
+    plain = CronTriggerTimetable("0 */2 * * *", timezone="UTC")
+    ours = NightlySchedule("0 */2 * * *", timezone="UTC", grace=datetime.timedelta(0))
+    plain_next = plain.next_dagrun_info(last_automated_data_interval=None, restriction=fresh)
+    ours_next = ours.next_dagrun_info(last_automated_data_interval=None, restriction=fresh)
+    assert plain_next is not None and ours_next is not None
+    assert plain_next.run_after <= now  # the hidden catch-up run this schedule avoids
+    assert ours_next.run_after > now
+    # After a run, the next slot follows as usual; catchup (backfills) is left alone.
+    last = DataInterval(ours_next.run_after, ours_next.run_after)
+    after = ours.next_dagrun_info(last_automated_data_interval=last, restriction=fresh)
+    assert after is not None and after.run_after == ours_next.run_after + datetime.timedelta(
+        hours=2
+    )
+    catchup = TimeRestriction(earliest=start, latest=None, catchup=True)
+    first = ours.next_dagrun_info(last_automated_data_interval=None, restriction=catchup)
+    assert first is not None and first.run_after.year == 2026 and first.run_after < now
+    # Serialised for the scheduler and read back the same.
+    again = NightlySchedule.deserialize(ours.serialize())
+    assert again.grace == ours.grace and again.serialize() == ours.serialize()

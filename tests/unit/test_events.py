@@ -1,5 +1,6 @@
 import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,19 @@ def test_unreadable_lines_are_counted_not_fatal(
     log.write_text('{"action": "a"}\n{"action": "cut sho\n[1, 2]\n{"action": "b"}\n')
     assert [e["action"] for e in events.read_events(log)] == ["a", "b"]
     assert "2 unreadable line(s)" in capsys.readouterr().err
+
+
+def test_inside_an_airflow_task_events_go_to_its_logger_at_their_level(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Airflow files a task's raw stderr as ERROR: an info event must not show as a red line.
+    logger = logging.getLogger("flywheel.test.task")
+    events.configure("airflow", path=tmp_path / "events.jsonl", logger=logger)
+    with caplog.at_level(logging.DEBUG, logger="flywheel.test.task"):
+        events.emit("gate_decided", gate="approval")
+        events.emit("dataset_not_local", level="warning")
+        events.emit("failed", level="error")
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.WARNING, logging.ERROR]
+    assert json.loads(caplog.records[0].getMessage())["action"] == "gate_decided"
+    assert capsys.readouterr().err == ""
+    assert len(events.read_events(tmp_path / "events.jsonl")) == 3

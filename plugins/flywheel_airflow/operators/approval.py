@@ -53,11 +53,26 @@ def _metric(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "—"
 
 
-def approval_body(decision: dict[str, Any], ui: str | None) -> str:
-    """The Markdown the approver reads: both models' metrics, the reason, the links."""
+def worse_metrics(new: dict[str, Any], old: dict[str, Any]) -> list[str]:
+    """The test metrics on which the challenger scores below the incumbent."""
+    return [
+        metric
+        for metric in ("accuracy", "macro_f1")
+        if isinstance(new.get(metric), int | float)
+        and isinstance(old.get(metric), int | float)
+        and new[metric] < old[metric]
+    ]
+
+
+def approval_body(
+    decision: dict[str, Any], ui: str | None, approvers: Sequence[dict[str, str]] = ()
+) -> str:
+    """The Markdown the approver reads: both models' metrics, the reason, the links, a warning
+    when the challenger is worse than the incumbent (registration forced), who may answer."""
     name, version = decision.get("model_name"), decision.get("model_version")
     new, old = decision.get("new") or {}, decision.get("incumbent") or {}
     old_label = f"{old.get('alias')} v{old.get('version')}" if old else "no champion yet"
+    worse = worse_metrics(new, old)
 
     def run_link(run_id: str | None) -> str:
         if not run_id:
@@ -76,12 +91,26 @@ def approval_body(decision: dict[str, Any], ui: str | None) -> str:
         f"| {run_link(old.get('run_id'))} |",
         "",
     ]
+    if worse:
+        lines[1:1] = [
+            "",
+            f"> ⚠️ **This challenger is worse than {old_label}** on "
+            f"{' and '.join(m.replace('_', ' ') for m in worse)}: it was registered only "
+            "because registration was forced. Approving it replaces a better model.",
+        ]
     if ui:
         lines.append(f"Model version: {ui}/#/models/{name}/versions/{version}")
     lines.append(
         "**Approve** moves `champion` to this version and deploys it; **Reject** (also "
         "the answer when nobody responds in time) records the decision and deploys nothing."
     )
+    if approvers:
+        names = ", ".join(f"{u.get('name') or u['id']} (`{u['id']}`)" for u in approvers)
+        lines += [
+            "",
+            f"Only {names} may answer; the answer of anyone else is refused, even though "
+            "the buttons show for every user.",
+        ]
     return "\n".join(lines)
 
 
@@ -123,7 +152,7 @@ class ApprovalGate(HITLBranchOperator):
         self.subject = (
             f"Deploy {decision.get('model_name')} v{decision.get('model_version')} as champion?"
         )
-        self.body = approval_body(decision, mlflow_ui_url())
+        self.body = approval_body(decision, mlflow_ui_url(), users)
         self.log.info("Asking %s\n%s", ", ".join(u["id"] for u in users), self.body)
         return super().execute(context)
 
@@ -145,7 +174,7 @@ class ApprovalGate(HITLBranchOperator):
             "model_version": decision.get("model_version"),
         }
         context["ti"].xcom_push(key="decision", value=record)
-        events.configure("airflow")
+        events.configure("airflow", logger=self.log)
         events.emit(
             "gate_decided",
             gate="approval",
