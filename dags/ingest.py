@@ -10,7 +10,9 @@ pushes where the repository has a remote, credentials from `flywheel_git`), and 
 **dataset Asset**, which schedules the training DAG. A run with nothing new publishes nothing.
 
 A rerun after a crash at any point (even between `dvc push` and the commit) finishes the
-version once. Connections: `flywheel_s3` (aws), optional `flywheel_git` (login + token).
+version once: a version committed but not pushed (the push failed) is pushed, and a version
+ingest made that no Asset event carries yet is announced.
+Connections: `flywheel_s3` (aws), optional `flywheel_git` (login + token).
 """
 
 from __future__ import annotations
@@ -41,19 +43,30 @@ with DAG(
         optional_connections=["git"],
     )
 
-    @task(outlets=[DATASET])
-    def publish_dataset_version(result: Any, *, outlet_events: Any = None) -> str:
-        """Announce the new version to the training DAG; skip (no event) when nothing changed."""
+    @task(inlets=[DATASET], outlets=[DATASET])
+    def publish_dataset_version(
+        result: Any, *, inlet_events: Any = None, outlet_events: Any = None
+    ) -> str:
+        """Announce the version ingest made, once: skip (no event) when an event carries it.
+
+        The Asset's own history is the record of what was announced, so a version committed
+        by a run that failed before this task (a failed push, a crash) is announced by the
+        next run, and a rerun after this task succeeded announces nothing twice.
+        """
         from airflow.sdk.exceptions import AirflowSkipException
 
-        if not result.get("new_version"):
-            raise AirflowSkipException("no new annotations: the dataset version is unchanged")
+        version = result["dataset_version"]
+        if not result.get("announce"):
+            raise AirflowSkipException("the dataset version was not made by ingest: nothing new")
+        latest = list(inlet_events[DATASET].ascending(False).limit(1))
+        if latest and (latest[0].extra or {}).get("dataset_version") == version:
+            raise AirflowSkipException(f"dataset version {version} is already announced")
         outlet_events[DATASET].extra = {
-            "dataset_version": result["dataset_version"],
+            "dataset_version": version,
             "commit": result.get("commit"),
             "labeled": result.get("labeled"),
             "quarantined": result.get("quarantined"),
         }
-        return str(result["dataset_version"])
+        return str(version)
 
     publish_dataset_version(ingest_annotations.output)

@@ -15,7 +15,11 @@ For each task, its newest submitted annotation decides (a skipped task waits):
 
 Then, if the dataset changed, or a previous run crashed after ``dvc push`` but before the git
 commit: ``dvc add``, ``dvc push``, index (``ml_tasks.dataset.add_version``), and one git commit
-of ``data/images.dvc`` + ``data/versions.jsonl`` (pushed when the repository has the remote).
+of ``data/images.dvc`` + ``data/versions.jsonl``. Every run then pushes the branch when the
+repository has the remote, so a version committed by a run whose push failed is pushed by the
+next one. The result says whether the current version is one ingest made (``announce``): the
+DAG announces such a version (the dataset Asset) unless an Asset event already carries it, so a
+version that was committed but never announced is announced by the next run, and once only.
 Every part is idempotent, so a rerun after a crash at any point finishes the job once.
 
 ``python -m ml_tasks.annotation.ingest [--git-remote origin]``.
@@ -32,6 +36,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ml_tasks import events
@@ -43,6 +48,7 @@ from ml_tasks.lake import Lake, LakeError, open_lake
 from ml_tasks.step import StepError, add_result_option, run_step
 
 VERSION_FILES = ("data/images.dvc", "data/versions.jsonl", "data/.gitignore")
+COMMIT_PREFIX = "dataset: version "  # how a version ingest made is told from others in git
 
 
 @dataclass(frozen=True)
@@ -220,7 +226,7 @@ def commit_version(settings: Settings, version: str, note: str) -> str:
             settings,
             "commit",
             "-m",
-            f"dataset: version {version[:12]} ({note})",
+            f"{COMMIT_PREFIX}{version[:12]} ({note})",
             "--",
             *present,
             env={k: v for k, v in identity.items() if k not in os.environ},
@@ -228,17 +234,88 @@ def commit_version(settings: Settings, version: str, note: str) -> str:
     return git(settings, "rev-parse", "HEAD").strip()
 
 
-def push_commit(settings: Settings, remote: str) -> bool:
-    """Push HEAD where the repository has ``remote``; the token (if any) never enters a URL."""
+class RemoteRefusesPush(StepError):
+    """The git remote is a repository that cannot take the push (a checked-out branch)."""
+
+
+class PushFailed(StepError):
+    """``git push`` failed: the version is committed here, and the next run pushes it."""
+
+
+def local_remote_path(settings: Settings, remote: str) -> Path | None:
+    """The folder of ``remote`` when it is a repository on this machine, else None."""
+    url = git(settings, "remote", "get-url", remote).strip()
+    if url.startswith("file://"):
+        url = url.removeprefix("file://")
+    elif "://" in url or (":" in url.split("/", 1)[0] and not url.startswith("/")):
+        return None  # http(s), ssh, or scp-like user@host:path
+    path = Path(url) if Path(url).is_absolute() else settings.repo / url
+    return path if path.exists() else None
+
+
+def check_remote_accepts(settings: Settings, remote: str, branch: str) -> None:
+    """Refuse, before sending anything, a push git would refuse after sending everything.
+
+    A push to a non-bare repository whose checked-out branch is the one pushed is refused by
+    git (``receive.denyCurrentBranch``) only after the objects were transferred, which leaves
+    them loose in that repository at every retry. Say what is wrong instead.
+    """
+    path = local_remote_path(settings, remote)
+    if path is None:
+        return
+
+    def remote_git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    if remote_git("rev-parse", "--is-bare-repository") != "false":
+        return
+    if remote_git("symbolic-ref", "--short", "HEAD") != branch:
+        return
+    if remote_git("config", "receive.denyCurrentBranch") in ("ignore", "warn", "updateInstead"):
+        return
+    raise RemoteRefusesPush(
+        f"the git remote {remote!r} ({path}) is a non-bare repository with branch {branch!r} "
+        "checked out, so git refuses to update it; push to a bare repository "
+        "(git init --bare) or check out another branch there. The version is committed "
+        "here and the next run pushes it."
+    )
+
+
+def push_commit(settings: Settings, remote: str) -> bool | None:
+    """Push the branch where the repository has ``remote``; the token never enters a URL.
+
+    None when there is no such remote; else whether the push sent anything (False: the remote
+    already had the branch as it is here, e.g. a rerun after a successful push).
+    """
     if remote not in git(settings, "remote").split():
-        return False
-    args = ["push", remote, "HEAD"]
+        return None
+    branch = git(settings, "symbolic-ref", "--short", "HEAD").strip()
+    check_remote_accepts(settings, remote, branch)
+    args = ["push", "--porcelain", remote, f"HEAD:refs/heads/{branch}"]
     if token := os.environ.get("FLYWHEEL_GIT_TOKEN"):
         user = os.environ.get("FLYWHEEL_GIT_USER", "flywheel")
         basic = base64.b64encode(f"{user}:{token}".encode()).decode()
         args = ["-c", f"http.extraHeader=Authorization: Basic {basic}", *args]
-    git(settings, *args)
-    return True
+    done = subprocess.run(["git", *args], cwd=settings.repo, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PushFailed(
+            f"git push to {remote!r} failed: {(done.stderr or done.stdout).strip()}; the "
+            "version is committed here and the next run pushes it"
+        )
+    out = done.stdout
+    # --porcelain: one line per ref, "<flag>\t<from>:<to>\t<summary>"; "=" means up to date
+    flags = [line[0] for line in out.splitlines() if "\t" in line and line[:1] in " +-*=!"]
+    return any(flag != "=" for flag in flags)
+
+
+def version_commit(settings: Settings) -> str | None:
+    """The commit that recorded the current ``data/images.dvc``, when ingest made it."""
+    out = git(settings, "log", "-1", "--format=%H%x00%s", "--", VERSION_FILES[0]).strip()
+    if not out:
+        return None
+    commit, _, subject = out.partition("\x00")
+    return commit if subject.startswith(COMMIT_PREFIX) else None
 
 
 @contextmanager
@@ -271,25 +348,38 @@ def ingest(settings: Settings, git_remote: str) -> dict[str, Any]:
             **counts,
         )
         changed = not workspace_matches(settings) or version_uncommitted(settings)
-        version, commit, pushed = tracked_version(settings), None, False
+        version, entry = tracked_version(settings), None
+        note = f"{counts['labeled']} annotated, {counts['quarantined']} quarantined"
         if changed:
-            note = f"{counts['labeled']} annotated, {counts['quarantined']} quarantined"
             entry = add_version(settings, note)
             version = entry.version
-            commit = commit_version(settings, version, note)
-            pushed = push_commit(settings, git_remote)
+            commit_version(settings, version, note)
+        made_by_ingest = version_commit(settings)
+        if entry is not None:
             events.emit(
                 "dataset_version_created",
                 dataset_version=version,
-                commit=commit,
+                commit=made_by_ingest,
                 images=entry.images,
-                pushed=pushed,
                 **counts,
+            )
+        # After the commit, in every run: a version whose push failed last time goes out now.
+        pushed = push_commit(settings, git_remote)
+        if pushed:
+            events.emit(
+                "dataset_version_pushed",
+                dataset_version=version,
+                commit=made_by_ingest,
+                remote=git_remote,
+                finished_earlier_version=not changed,
             )
     return {
         "dataset_version": version,
         "new_version": changed,
-        "commit": commit,
+        # The DAG announces a version ingest made unless an Asset event already carries it:
+        # a version committed by a run that failed before announcing it is announced now.
+        "announce": made_by_ingest is not None,
+        "commit": made_by_ingest,
         "pushed": pushed,
         "annotations": len(annotations),
         "tasks": len(decisions),

@@ -292,3 +292,101 @@ def test_a_crash_between_dvc_push_and_commit_finishes_the_version_once(loop: Loo
     states = run_dag("ingest", datetime(2026, 3, 3, 2, tzinfo=UTC))
     assert states["publish_dataset_version"] == "skipped"
     assert len(git_log(loop.repo)) == len(commits) + 1
+
+
+def refuse_pushes(origin: Path) -> tuple[Path, Path]:
+    """Hooks on the bare remote: refuse every push while ``refuse`` exists; log accepted ones."""
+    refuse, received = origin / "refuse", origin / "received.log"
+    hooks = {
+        "pre-receive": f'#!/bin/sh\nif [ -e "{refuse}" ]; then echo down >&2; exit 1; fi\n',
+        "post-receive": f'#!/bin/sh\ncat >> "{received}"\n',
+    }
+    for name, script in hooks.items():
+        (origin / "hooks" / name).write_text(script)
+        (origin / "hooks" / name).chmod(0o755)
+    refuse.touch()
+    return refuse, received
+
+
+def training_queued() -> list[str]:
+    """Asset events waiting for the scheduler to start an asset-triggered run, by DAG."""
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return list(session.scalars(select(AssetDagRunQueue.target_dag_id)).all())
+
+
+def unpause(dag_id: str) -> None:
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=False))
+
+
+def test_a_failed_push_is_finished_by_the_next_run_pushed_and_announced_once(
+    loop: Loop,
+) -> None:
+    x = INTAKE_CONF["min_images"]
+    loop.put_incoming(x, seed=401)
+    states = run_dag("intake", datetime(2026, 3, 4, tzinfo=UTC), INTAKE_CONF)
+    assert states == dict.fromkeys(states, "success"), states
+    ls = loop.label_studio_client()
+    for task in loop.tasks():
+        guess = task.predictions[0].result[0]["value"]["choices"][0]
+        ls.annotations.create(
+            id=task.id, result=[choice("label", guess)], request_options={"max_retries": 0}
+        )
+    deadline = time.monotonic() + 30
+    while len(loop.keys("labeled/")) < x and time.monotonic() < deadline:
+        time.sleep(0.5)
+    origin = loop.repo.parent / "origin.git"
+    refuse, received = refuse_pushes(origin)
+    commits = git_log(loop.repo)
+    events_before = len(dataset_events())
+
+    # The remote is down: the version is committed here, the push fails, nothing is announced.
+    dag = load_dag("ingest")
+    dag.get_task("ingest_annotations").retries = 0  # the next run is the retry here
+    run = dag.test(
+        logical_date=datetime(2026, 3, 4, 1, tzinfo=UTC),
+        run_after=datetime(2026, 3, 4, 1, tzinfo=UTC),
+    )
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert states == {
+        "ingest_annotations": "failed",
+        "publish_dataset_version": "upstream_failed",
+    }, states
+    assert len(git_log(loop.repo)) == len(commits) + 1
+    assert git_log(origin) == commits
+    assert len(dataset_events()) == events_before
+
+    # The remote is back; the next run has nothing new to add, but finishes the version.
+    refuse.unlink()
+    unpause("training")
+    assert "training" not in training_queued()
+    states = run_dag("ingest", datetime(2026, 3, 4, 2, tzinfo=UTC))
+    assert states == dict.fromkeys(states, "success"), states
+    log = git_log(loop.repo)
+    assert len(log) == len(commits) + 1  # one commit
+    assert git_log(origin) == log
+    assert len(received.read_text().splitlines()) == 1  # one push
+    new_events = dataset_events()[events_before:]
+    version = tracked_version(loop.repo)
+    assert [e["extra"]["dataset_version"] for e in new_events] == [version]  # one event
+    assert "training" in training_queued()  # the scheduler starts training from it
+
+    # A rerun once all is done: no push, no event.
+    states = run_dag("ingest", datetime(2026, 3, 4, 3, tzinfo=UTC))
+    assert states["publish_dataset_version"] == "skipped"
+    assert len(dataset_events()) == events_before + 1
+    assert len(received.read_text().splitlines()) == 1
+
+
+def tracked_version(repo: Path) -> str:
+    text = (repo / "data" / "images.dvc").read_text()
+    (md5,) = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if "md5:" in ln]
+    return md5.removesuffix(".dir")
