@@ -21,7 +21,7 @@ import numpy as np
 from ml_tasks.images import content_hash
 from ml_tasks.lake import LocalLake
 
-CACHE_FORMAT = "v2"  # v2: each image's md5 and pixel statistics are cached with its pixels
+CACHE_FORMAT = "v3"  # v2: md5s and pixel statistics kept; v3: EXIF orientation applied, new reasons
 IDS = 64 + 32  # a file's ids: sha256 and md5, in hex
 
 
