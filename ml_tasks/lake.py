@@ -9,10 +9,10 @@ Secrets and the tests set alike.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -36,6 +36,34 @@ class Lake(Protocol):
     def copy(self, src: str, dst: str) -> None: ...
     def delete(self, key: str) -> None: ...
     def size(self, key: str) -> int: ...
+
+
+@contextmanager
+def locked_temporary(tmp: Path) -> Iterator[BinaryIO]:
+    """``tmp`` opened empty for writing, with an exclusive lock held until the block ends.
+
+    The lock (``flock``) goes with the process that holds it, so a file left by a killed
+    writer is free to take over, while one still being written makes the next writer wait.
+    A writer that waited checks that the file it locked is still at ``tmp`` (the one before
+    may have moved it into place), else it opens ``tmp`` afresh.
+    """
+    while True:
+        # O_CREAT without O_TRUNC: never empty a file before holding its lock
+        fh = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666), "wb")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            still_there = os.path.samestat(os.fstat(fh.fileno()), os.stat(tmp))
+        except FileNotFoundError:
+            still_there = False
+        except BaseException:
+            fh.close()
+            raise
+        if still_there:
+            break
+        fh.close()
+    with fh:
+        fh.truncate(0)
+        yield fh
 
 
 class LocalLake:
@@ -72,13 +100,17 @@ class LocalLake:
         """
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with tmp.open("wb") as fh:
+        # One temporary name per key, locked while written: a writer killed midway leaves
+        # it behind, and the next writer of the key reuses it; two writers take turns.
+        tmp = path.with_name(f".{path.name}.tmp")
+        with locked_temporary(tmp) as fh:
+            try:
                 yield fh
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+                fh.flush()
+                tmp.replace(path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # still this writer's: it holds the lock
+                raise
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
