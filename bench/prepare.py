@@ -46,10 +46,10 @@ def raw_decode(files: list[Path]) -> float:
 
 def list_and_stat(folder: Path) -> float:
     """Seconds to list every file under ``folder`` and ``stat`` each: what a re-run cannot skip."""
-    from ml_tasks.prepare import list_folder
+    from ml_tasks.prepare_scan import list_folder
 
     start = time.perf_counter()
-    for rel_dir, names in list_folder(folder):
+    for rel_dir, names in list_folder(folder).groups:
         fd = os.open(folder / rel_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for name in names:

@@ -4,7 +4,9 @@ Runs after prepare and before training, so a model is never trained on data that
 contract: the known class set, the model's image shape, pixels in [0, 1], no content in two
 rows (so none across splits), every split present, class shares within bounds, enough rows.
 The full validation result goes to ``prepared/<version>/checks.json`` in the lake; on failure
-the step exits 1 with one line per failed expectation and its count of offending rows.
+the step exits 1 with one line per failed expectation and its count of offending rows. Images
+prepare found under two labels are kept out of the metadata (quarantined): the report and the
+result name them, so whoever reads the checks knows some labels need a person's decision.
 """
 
 from __future__ import annotations
@@ -113,6 +115,16 @@ def describe_failure(entry: dict[str, Any]) -> str:
     return f"{entry['expectation']} on {where}: {what}"
 
 
+def label_conflicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The images prepare found under two or more labels (its ``summary.json``): each content
+    hash with every path it was filed under."""
+    paths: dict[str, list[str]] = {}
+    for item in summary.get("quarantine", []):
+        if item["reason"] == "label_conflict":
+            paths.setdefault(item["content_hash"], []).append(item["path"])
+    return [{"content_hash": digest, "paths": found} for digest, found in paths.items()]
+
+
 def check(settings: Settings, dataset_version: str) -> dict[str, Any]:
     import pandas as pd
 
@@ -123,6 +135,8 @@ def check(settings: Settings, dataset_version: str) -> dict[str, Any]:
     metadata = pd.read_csv(io.BytesIO(raw), dtype={"label": str, "content_hash": str})
     report = run_suites(metadata, params["checks"], params["prepare"])
     report["dataset_version"] = dataset_version
+    conflicts = label_conflicts(json.loads(lake.read_bytes(f"{prefix}/summary.json")))
+    report["label_conflicts"] = conflicts
     report_uri = lake.url(f"{prefix}/checks.json")
     lake.write_bytes(f"{prefix}/checks.json", json.dumps(report, indent=2).encode())
     failed = [describe_failure(e) for e in report["failed"]]
@@ -132,6 +146,7 @@ def check(settings: Settings, dataset_version: str) -> dict[str, Any]:
         success=report["success"],
         expectations=len(report["results"]),
         failed=len(failed),
+        label_conflicts=len(conflicts),
         report_uri=report_uri,
     )
     if failed:
@@ -144,6 +159,7 @@ def check(settings: Settings, dataset_version: str) -> dict[str, Any]:
         "dataset_version": dataset_version,
         "checks": "passed",
         "expectations": len(report["results"]),
+        "label_conflicts": len(conflicts),
         "report_uri": report_uri,
     }
 

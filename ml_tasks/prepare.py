@@ -17,10 +17,15 @@ its presence means the rest is whole, ``summary.json`` (the step's result).
   cannot be read here, or DVC's record is not, the version is fetched through DVC.
 - **A plain folder** (``--data-dir``): a file's hash is remembered with its size and mtime,
   like git's index, so a re-run costs one ``stat`` per file seen before.
-- **Nothing is lost**: a file that cannot be used (empty, truncated, not an image, animated,
-  16-bit, CMYK, too many pixels, outside a known class folder, a copy of another image) is
-  copied to ``quarantine/prepare/<hash>/`` in the lake with a ``reason.json``, and counted.
-  ``prepared + quarantined == images_in`` always holds, and the result says so.
+- **Nothing is lost**: a file that cannot be used (empty, truncated, corrupt, not an image,
+  animated, 16-bit, CMYK, too many pixels, outside a known class folder, a copy of another
+  image, the same image under two labels) is copied to the lake, one record per path and
+  version: ``quarantine/prepare/<version>/<path key>/`` holds the file and its ``reason.json``.
+  An entry that is not an image file to read (hidden, a link out of the dataset folder or to
+  nowhere, a FIFO...: see ``ml_tasks.prepare_scan``) is skipped with its reason, never opened.
+  ``prepared + quarantined + skipped == offered`` always holds, and the result says so.
+- **One label per image**: an image filed under two classes reaches training with neither:
+  every copy is quarantined as ``label_conflict``, naming all of them.
 """
 
 from __future__ import annotations
@@ -28,12 +33,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,20 @@ from ml_tasks.dataset import (
     checkout_version,
     fetch_version,
     local_version,
+    read_regular_file,
     tracked_version,
 )
 from ml_tasks.images import BadImage, content_hash, decode_image
 from ml_tasks.lake import Lake, open_lake
 from ml_tasks.prepare_cache import DecodeCache, FileIndex
+from ml_tasks.prepare_scan import (
+    Skipped,
+    list_folder,
+    list_images,
+    list_version,
+    scan_folder,
+    scan_version,
+)
 from ml_tasks.step import StepError, add_result_option, run_step
 
 SPLITS = ("train", "val", "test")
@@ -59,10 +70,13 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Quarantined:
+    """A file kept out of training, and where its record is in the lake (``reason.json``)."""
+
     path: str
     content_hash: str
     reason: str
     detail: str
+    record: str = ""
 
 
 @dataclass
@@ -71,7 +85,7 @@ class Prepared:
 
     dataset_version: str
     prepared_uri: str
-    images_in: int = 0
+    images_in: int = 0  # files read as images: prepared or quarantined
     decoded: int = 0
     cached: int = 0
     pixels: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))
@@ -80,27 +94,42 @@ class Prepared:
     paths: list[str] = field(default_factory=list)
     stats: list[str] = field(default_factory=list)  # per image, see pixel_stats
     quarantined: list[Quarantined] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def offered(self) -> int:
+        """Every entry of the dataset: the files read as images and the entries skipped."""
+        return self.images_in + len(self.skipped)
 
     def result(self, splits: list[str], classes: list[str]) -> dict[str, Any]:
-        prepared = len(self.hashes)
-        if prepared + len(self.quarantined) != self.images_in:
+        prepared, quarantined, skipped = len(self.hashes), len(self.quarantined), len(self.skipped)
+        if prepared + quarantined != self.images_in or self.images_in + skipped != self.offered:
             raise StepError(
-                f"accounting error: {prepared} prepared + {len(self.quarantined)} quarantined "
-                f"!= {self.images_in} input images"
+                f"accounting error: {prepared} prepared + {quarantined} quarantined + "
+                f"{skipped} skipped != {self.offered} entries offered"
             )
+        conflicts = {q.content_hash for q in self.quarantined if q.reason == "label_conflict"}
         return {
             "dataset_version": self.dataset_version,
             "prepared_uri": self.prepared_uri,
+            "offered": self.offered,
             "images_in": self.images_in,
             "prepared": prepared,
-            "quarantined": len(self.quarantined),
+            "quarantined": quarantined,
+            "skipped": skipped,
             "accounted": True,
+            "label_conflicts": len(conflicts),
             "decoded": self.decoded,
             "from_cache": self.cached,
             "classes": classes,
             "by_split": dict(Counter(splits)),
             "by_class": dict(sorted(Counter(self.labels).items())),
+            "quarantined_by_reason": dict(
+                sorted(Counter(q.reason for q in self.quarantined).items())
+            ),
+            "skipped_by_reason": dict(sorted(Counter(s.reason for s in self.skipped).items())),
             "quarantine": [q.__dict__ for q in self.quarantined],
+            "skips": [s.__dict__ for s in self.skipped],
         }
 
 
@@ -130,194 +159,18 @@ def splits_of(hashes: list[str], fractions: dict[str, float]) -> list[str]:
     return list(names[which].tolist())
 
 
-@dataclass
-class Scan:
-    """Every file of a dataset (folder or version), in path order, with its content hash.
-
-    ``hashes`` are sha256s in hex: they key the caches and decide the split. A folder's scan
-    also keeps what its :class:`FileIndex` needs: each file's size, mtime and ids (the sha256
-    followed by DVC's md5 of the file, which names it in a dataset version). ``groups`` are
-    runs of rows that share a folder: (first row, end row, class label or None when the folder
-    is not a class folder directly under the root).
-    """
-
-    rels: list[str] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)
-    groups: list[tuple[int, int, str | None]] = field(default_factory=list)
-    read: int = 0
-    sizes: list[int] = field(default_factory=list)
-    mtimes: list[int] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-
-
-def list_folder(folder: Path) -> list[tuple[str, list[str]]]:
-    """(relative folder, sorted file names) for every folder under ``folder``, in path order.
-
-    Hidden entries are skipped and, as with ``os.walk``, symlinked folders are not entered.
-    ``os.scandir`` directly: it tells folders from files without a ``stat`` and costs a third
-    of ``os.walk``.
-    """
-    folders: dict[str, list[str]] = {}
-
-    def visit(path: str, rel_dir: str) -> None:
-        names: list[str] = []
-        with os.scandir(path) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                if not entry.is_dir():
-                    names.append(name)
-                elif not entry.is_symlink():
-                    visit(entry.path, f"{rel_dir}/{name}" if rel_dir else name)
-        if names:
-            folders[rel_dir] = names
-
-    visit(str(folder), "")
-    return in_path_order(folders)
-
-
-def hidden_paths(rels: list[str]) -> list[str]:
-    """The paths under a hidden file or folder (``.DS_Store`` and the like), which DVC records
-    and :func:`list_folder` leaves out: prepare leaves them out of a version too."""
-    if "/." not in "/" + "\n/".join(rels):  # the usual answer, without a loop
-        return []
-    return [rel for rel in rels if "/." in f"/{rel}"]
-
-
-def group_paths(rels: list[str]) -> list[tuple[str, list[str]]]:
-    """:func:`list_folder`'s order for a list of relative paths (a dataset version's), with
-    each group holding the paths themselves, not just the names."""
-    folders: dict[str, list[str]] = {}
-    for rel in rels:
-        rel_dir = rel.rpartition("/")[0]
-        if (group := folders.get(rel_dir)) is None:
-            folders[rel_dir] = group = []
-        group.append(rel)
-    return in_path_order(folders)
-
-
-def in_path_order(folders: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
-    """Folders and their sorted names (or paths), ordered so that the groups concatenated give
-    the files sorted by path: a folder sorts by its name plus ``/``, a loose file by its name."""
-    groups: list[tuple[str, str, list[str]]] = []  # (sort key, relative folder, names)
-    for rel_dir, names in folders.items():
-        names.sort()
-        if rel_dir:
-            groups.append((f"{rel_dir}/", rel_dir, names))
-        else:
-            groups.extend((name, "", [name]) for name in names)
-    groups.sort(key=lambda group: group[0])
-    return [(rel_dir, names) for _, rel_dir, names in groups]
-
-
-def list_images(folder: Path) -> list[str]:
-    """Relative paths of every (non-hidden) file under ``folder``, sorted."""
-    return [f"{d}/{n}" if d else n for d, names in list_folder(folder) for n in names]
-
-
-def scan_folder(
-    folder: Path,
-    listing: list[tuple[str, list[str]]],
-    known: dict[tuple[str, int, int], str],
-    on_new_content: Callable[[str, str, bytes, str | None], None],
-    on_group: Callable[[int, int], None] | None = None,
-) -> Scan:
-    """Stat every listed file; read and hash only those the index does not vouch for.
-
-    ``on_new_content(hash, md5, data, label)`` sees the bytes of each file that was read, so a
-    new image is decoded from the same read that hashed it; ``on_group(files, read)`` is
-    called after each folder (progress). Each folder is handled as whole lists (stat, then
-    look up), not file by file: on a re-run the ``stat`` calls are most of the time.
-    """
-    scan = Scan()
-    stat, root = os.stat, str(folder)
-    for rel_dir, names in listing:
-        label = rel_dir if rel_dir and "/" not in rel_dir else None
-        fd = os.open(folder / rel_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            stats = [stat(name, dir_fd=fd) for name in names]
-        finally:
-            os.close(fd)
-        rels = [f"{rel_dir}/{name}" for name in names] if rel_dir else list(names)
-        sizes = [st.st_size for st in stats]
-        mtimes = [st.st_mtime_ns for st in stats]
-        found = [known.get(key) for key in zip(rels, sizes, mtimes, strict=True)]
-        read_before = scan.read
-        if None in found:
-            for i, was in enumerate(found):
-                if was is None:
-                    with open(f"{root}/{rels[i]}", "rb") as fh:
-                        data = fh.read()
-                    digest = content_hash(data)
-                    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-                    found[i] = digest + md5
-                    scan.read += 1
-                    on_new_content(digest, md5, data, label)
-        first = len(scan.rels)
-        scan.rels += rels
-        scan.sizes += sizes
-        scan.mtimes += mtimes
-        scan.ids += found  # type: ignore[arg-type]  # every None was filled above
-        scan.hashes += [ids[:64] for ids in found]  # type: ignore[index]
-        scan.groups.append((first, len(scan.rels), label))
-        if on_group is not None:
-            on_group(len(names), scan.read - read_before)
-    return scan
-
-
-def scan_version(
-    files: VersionFiles,
-    groups: list[tuple[str, list[str]]],
-    known: dict[str, str],
-    on_new_content: Callable[[str, str, bytes, str | None], None],
-    on_group: Callable[[int, int], None] | None = None,
-) -> Scan:
-    """:func:`scan_folder` for a dataset version: files are known by DVC's md5, not by stat.
-
-    ``groups`` are :func:`group_paths` of the version's paths. A file whose md5 is ``known``
-    (md5 -> content hash) costs two look-ups; the others are read, checked against their md5
-    (see :meth:`VersionFiles.read`) and hashed. Raises :class:`VersionNotLocal`, after the
-    whole scan, when some cannot be read here.
-    """
-    scan, manifest = Scan(), files.manifest
-    missing: list[str] = []
-    for rel_dir, rels in groups:
-        label = rel_dir if rel_dir and "/" not in rel_dir else None
-        md5s = list(map(manifest.__getitem__, rels))  # map: no bytecode per file
-        shas = list(map(known.get, md5s))
-        read_before = scan.read
-        if None in shas:
-            for i, sha in enumerate(shas):
-                if sha is None:
-                    data = files.read(rels[i])
-                    if data is None:
-                        missing.append(rels[i])
-                        continue
-                    shas[i] = digest = content_hash(data)
-                    scan.read += 1
-                    on_new_content(digest, md5s[i], data, label)
-        first = len(scan.rels)
-        scan.rels += rels
-        scan.hashes += shas  # type: ignore[arg-type]  # filled above, or the scan raises below
-        scan.groups.append((first, len(scan.rels), label))
-        if on_group is not None:
-            on_group(len(rels), scan.read - read_before)
-    if missing:
-        raise VersionNotLocal(missing)
-    return scan
-
-
-def read_in(folder: Path, rel: str) -> bytes:
-    return (folder / rel).read_bytes()
-
-
 def quarantine(lake: Lake, item: Quarantined, data: bytes, dataset_version: str) -> None:
-    """Copy a rejected file and its reason into the lake; keyed by content, so idempotent."""
-    base = f"quarantine/prepare/{item.content_hash[:16]}"
+    """Copy a rejected file and its reason into the lake, and note where in ``item.record``.
+
+    One record per path and version: two files with the same bytes, or one file in two
+    versions, each keep their own. Keyed by a hash of the path (any path is a valid key, and no
+    path's record lands inside another's), so a re-run of the version replaces, never adds.
+    """
+    base = f"quarantine/prepare/{dataset_version}/{content_hash(item.path.encode())[:16]}"
+    item.record = f"{base}/reason.json"
     lake.write_bytes(f"{base}/{Path(item.path).name}", data)
     lake.write_bytes(
-        f"{base}/reason.json",
+        item.record,
         json.dumps(
             {
                 **item.__dict__,
@@ -352,27 +205,15 @@ def prepare_images(
     max_pixels = int(params.get("max_pixels", 4096 * 4096))
     cache = DecodeCache.at(cache_dir, size).load()
     out = Prepared(dataset_version, lake.url(f"prepared/{dataset_version}"))
-
     if isinstance(images, VersionFiles):
-        rels = list(images.manifest)
-        if hidden := hidden_paths(rels):
-            events.emit(
-                "hidden_files_skipped",
-                level="warning",
-                dataset_version=dataset_version,
-                count=len(hidden),
-                paths=hidden[:20],
-            )
-            skipped = set(hidden)
-            rels = [rel for rel in rels if rel not in skipped]
-        listing = group_paths(rels)
+        listing = list_version(list(images.manifest))
     else:
         listing = list_folder(images)
     bar: Any = None
     if progress:
         from tqdm import tqdm
 
-        total = sum(len(names) for _, names in listing)
+        total = sum(len(names) for _, names in listing.groups)
         bar = tqdm(total=total, desc="prepare", unit="img", leave=False, disable=None)
 
     def on_new_content(digest: str, md5: str, data: bytes, label: str | None) -> None:
@@ -389,36 +230,35 @@ def prepare_images(
     index: FileIndex | None = None  # a folder's; a version's files are known by md5 instead
     try:
         if isinstance(images, VersionFiles):
-            scan = scan_version(images, listing, cache.by_md5, on_new_content, on_group)
+            scan = scan_version(images, listing.groups, cache.by_md5, on_new_content, on_group)
         else:
             index = FileIndex(cache_dir, images)
-            scan = scan_folder(images, listing, index.load(), on_new_content, on_group)
+            scan = scan_folder(images, listing.groups, index.load(), on_new_content, on_group)
     except VersionNotLocal:
         cache.save()  # what was read and decoded stays valid: keep it for the next run
         raise
     finally:
         if bar is not None:
             bar.close()
-    read: Callable[[str], bytes]
-    if isinstance(images, VersionFiles):
-        files = images
 
-        def read(rel: str) -> bytes:  # a file seen before may be gone by now (quarantine)
-            try:
-                return files.read_or_raise(rel)
-            except VersionNotLocal:
-                cache.save()
-                raise
+    def read(rel: str) -> bytes:  # a file seen before may be gone by now (quarantine)
+        if not isinstance(images, VersionFiles):
+            return read_regular_file(f"{images}/{rel}")
+        try:
+            return images.read_or_raise(rel)
+        except VersionNotLocal:
+            cache.save()
+            raise
 
-    else:
-        read = partial(read_in, images)
     out.images_in = len(scan.rels)
     hashes, rels = scan.hashes, scan.rels
 
     problems: dict[int, tuple[str, str]] = {}
     kept: list[int] = []
     labels: list[str] = []
-    first_of: dict[str, int] = {}  # content hash -> row kept with it
+    first_of: dict[str, int] = {}  # content hash -> first row in a class folder with it
+    copies: dict[str, list[int]] = {}  # content hash -> the later rows with it
+    conflicting: set[int] = set()  # first rows of images under two labels
     rows = cache.rows
     for start, end, label in scan.groups:
         if label is None:
@@ -443,8 +283,12 @@ def prepare_images(
             digest = hashes[i]
             if digest not in rows:  # not decoded at this image size, or not decodable
                 if digest not in cache.bad:  # hashed in an earlier run, never decoded: now
+                    try:
+                        data = read(rels[i])
+                    except OSError as exc:  # gone since the scan: skipped at quarantine
+                        problems[i] = ("unreadable", str(exc))
+                        continue
                     out.decoded += 1
-                    data = read(rels[i])
                     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
                     try:
                         pixels = decode_image(data, size=size, max_pixels=max_pixels)
@@ -454,36 +298,71 @@ def prepare_images(
                 if digest not in rows:
                     problems[i] = cache.bad[digest]
                     continue
-            kept_row = first_of.setdefault(digest, i)
-            if kept_row != i:
-                kept_label = rels[kept_row].split("/", 1)[0]
-                problems[i] = (
-                    ("duplicate", f"same content as {rels[kept_row]}")
-                    if kept_label == label
-                    else (
-                        "conflicting_label",
-                        f"same content as {rels[kept_row]}, labelled {kept_label!r}",
-                    )
-                )
+            if first_of.setdefault(digest, i) != i:
+                copies.setdefault(digest, []).append(i)
                 continue
             kept.append(i)
         labels += [label] * (len(kept) - len(labels))
+    if copies:
+        conflicting = settle_copies(rels, first_of, copies, problems)
+        if conflicting:  # the first copy of each was kept above: not any more
+            pairs = [(i, lbl) for i, lbl in zip(kept, labels, strict=True) if i not in conflicting]
+            kept, labels = [i for i, _ in pairs], [lbl for _, lbl in pairs]
 
-    # every row in first_of is kept, once per content: the kept images decoded by this run
-    out.cached = len(kept) - sum(1 for h in set(cache.fresh) if h in first_of)
+    # first_of's rows are kept, once per content, but for conflicts: the kept images this run
+    # decoded are the fresh ones among them
+    fresh_kept = sum(1 for h in set(cache.fresh) if first_of.get(h, -1) not in (-1, *conflicting))
+    out.cached = len(kept) - fresh_kept
     out.hashes = [hashes[i] for i in kept] if len(kept) < len(hashes) else list(hashes)
     out.paths = [rels[i] for i in kept] if len(kept) < len(rels) else list(rels)
     out.labels = labels
     out.pixels, out.stats = cache.gather(out.hashes)
-    rejected = {i: read(rels[i]) for i in sorted(problems)}  # every read before any write
+    out.skipped = scan.skipped
+    rejected: dict[int, bytes] = {}
+    for i in sorted(problems):  # every read before any write
+        try:
+            rejected[i] = read(rels[i])
+        except OSError as exc:  # gone, or replaced by something that is not a file, since
+            reason, detail = problems[i]
+            out.skipped.append(Skipped(rels[i], "unreadable", f"{reason}: {detail}; {exc}"))
     for i, data in rejected.items():
         item = Quarantined(rels[i], hashes[i], *problems[i])
         quarantine(lake, item, data, dataset_version)
         out.quarantined.append(item)
+    out.images_in -= len(problems) - len(rejected)
+    out.skipped = sorted(listing.skipped + out.skipped, key=lambda item: item.path)
     cache.save()
     if index is not None:
         index.save(scan.rels, scan.ids, scan.sizes, scan.mtimes)
     return out
+
+
+def settle_copies(
+    rels: list[str],
+    first_of: dict[str, int],
+    copies: dict[str, list[int]],
+    problems: dict[int, tuple[str, str]],
+) -> set[int]:
+    """Decide about images found more than once in class folders; returns the first rows of
+    those under two labels, which were kept but must not be.
+
+    Under one label, the first copy is kept and the others are duplicates. Under two or more,
+    no label can be trusted: every copy is quarantined as ``label_conflict``, naming them all.
+    """
+    conflicting: set[int] = set()
+    for digest, later in copies.items():
+        first = first_of[digest]
+        where = [first, *later]
+        named = {rels[i]: rels[i].split("/", 1)[0] for i in where}
+        if len(set(named.values())) == 1:
+            problems.update((i, ("duplicate", f"same content as {rels[first]}")) for i in later)
+            continue
+        detail = "the same image under labels " + ", ".join(
+            f"{label!r} ({path})" for path, label in named.items()
+        )
+        problems.update((i, ("label_conflict", detail)) for i in where)
+        conflicting.add(first)
+    return conflicting
 
 
 def csv_field(value: str) -> str:
@@ -612,12 +491,24 @@ def prepare(
             reason=item.reason,
             detail=item.detail,
         )
+    for reason, count in result["skipped_by_reason"].items():
+        events.emit(
+            "entries_skipped",
+            level="warning",
+            dataset_version=version,
+            reason=reason,
+            count=count,
+            paths=[s.path for s in prepared.skipped if s.reason == reason][:20],
+        )
     events.emit(
         "prepared",
         dataset_version=version,
+        offered=result["offered"],
         images_in=result["images_in"],
         prepared=result["prepared"],
         quarantined=result["quarantined"],
+        skipped=result["skipped"],
+        label_conflicts=result["label_conflicts"],
         decoded=result["decoded"],
         from_cache=result["from_cache"],
     )
