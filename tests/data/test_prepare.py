@@ -61,10 +61,11 @@ def test_a_file_rewritten_in_place_is_read_again(
     source = sorted((folder / "9").iterdir())[0]
     target.write_bytes(source.read_bytes())  # same name, other content: only a stat can tell
     second = prepare(load_settings(), data_dir=folder, dataset_version="rewritten")
-    assert second["decoded"] == 0 and second["from_cache"] == 1796  # content seen before...
-    assert {q["path"]: q["detail"] for q in second["quarantine"]} == {
-        # ...now under 4 as well: the first path keeps it, the 9 is the conflicting copy
-        f"9/{source.name}": f"same content as 4/{target.name}, labelled '4'"
+    assert second["decoded"] == 0 and second["from_cache"] == 1795  # content seen before...
+    assert {q["path"]: q["reason"] for q in second["quarantine"]} == {
+        # ...now under 4 as well: under two labels, neither copy reaches training
+        f"4/{target.name}": "label_conflict",
+        f"9/{source.name}": "label_conflict",
     }
 
 
@@ -173,10 +174,11 @@ def test_bad_images_go_to_quarantine_with_their_reason(
     folder = tmp_path / "images"
     shutil.copytree(digits_dir, folder)
     expected = bad_files(folder)
-    # the same digit filed under two classes: the second copy is a conflicting label
+    # the same digit filed under two classes: neither copy is trusted
     some_digit = next((folder / "1").iterdir())
     shutil.copy(some_digit, folder / "7" / "copy-of-a-one.png")
-    expected["7/copy-of-a-one.png"] = "conflicting_label"
+    expected["7/copy-of-a-one.png"] = "label_conflict"
+    expected[f"1/{some_digit.name}"] = "label_conflict"
     # ...and twice under the same class (hex names sort before "twin"): a duplicate
     shutil.copy(next((folder / "3").glob("*.png")), folder / "3" / "twin.png")
     expected["3/twin.png"] = "duplicate"
@@ -191,11 +193,12 @@ def test_bad_images_go_to_quarantine_with_their_reason(
     result = prepare_dir(folder)
     got = {q["path"]: q["reason"] for q in result["quarantine"]}
     assert got == expected
-    assert result["prepared"] + result["quarantined"] == result["images_in"] == 1797 + len(expected)
+    added = len(expected) - 1  # one of the conflicting copies is a digit of the 1797
+    assert result["prepared"] + result["quarantined"] == result["images_in"] == 1797 + added
     lake = open_lake(load_settings().lake_uri)
     for item in result["quarantine"]:
-        base = f"quarantine/prepare/{item['content_hash'][:16]}"
-        assert json.loads(lake.read_bytes(f"{base}/reason.json"))["reason"] == item["reason"]
+        base = item["record"].rsplit("/", 1)[0]
+        assert json.loads(lake.read_bytes(item["record"]))["reason"] == item["reason"]
         assert (
             lake.read_bytes(f"{base}/{Path(item['path']).name}")
             == (folder / item["path"]).read_bytes()
@@ -250,7 +253,6 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
 ) -> None:
     import hashlib
 
-    from ml_tasks import events
     from ml_tasks.config import load_params
     from ml_tasks.dataset import VersionFiles, VersionNotLocal
     from ml_tasks.prepare import prepare_images
@@ -276,15 +278,16 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
             cache_dir=tmp_path / "cache",
             params=load_params(settings.params_path)["prepare"],
         )
-        return {"decoded": prepared.decoded, "pixels": prepared.pixels, "in": prepared.images_in}
+        return {
+            "decoded": prepared.decoded,
+            "pixels": prepared.pixels,
+            "in": prepared.images_in,
+            "skipped": [(s.path, s.reason) for s in prepared.skipped],
+        }
 
-    log = tmp_path / "events.jsonl"
-    monkeypatch.setattr(events._state, "path", log)
-    monkeypatch.setattr(events._state, "stream", io.StringIO())
     first = run("v1", VersionFiles(manifest, objects, folder))
     assert first["decoded"] == 30 and first["in"] == 30
-    skipped = [e for e in events.read_events(log) if e["action"] == "hidden_files_skipped"]
-    assert [(e["dataset_version"], e["paths"]) for e in skipped] == [("v1", ["3/.DS_Store"])]
+    assert first["skipped"] == [("3/.DS_Store", "hidden")]
     # seen before: prepared from the caches by md5, without opening a file (none are left)
     folder.rename(tmp_path / "moved")
     again = run("v1-again", VersionFiles(manifest, objects, folder))
@@ -326,7 +329,8 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
         assert len(prepared.hashes) == 30 and prepared.images_in == 32
     assert prepared.decoded == 0
     quarantined = [k for k in lake.list("quarantine/") if k.endswith("/new.png")]
-    assert len(quarantined) == 1 and lake.read_bytes(quarantined[0]) == new_bytes
+    assert len(quarantined) == 2  # one record per version
+    assert all(lake.read_bytes(key) == new_bytes for key in quarantined)
 
 
 def test_decode_cache_keeps_md5s_and_statistics_through_shards_and_merges(
