@@ -8,7 +8,8 @@ The predictor is a custom container built from ``images/serve``: it runs
 ``python -m ml_tasks.serve --model-uri models:/<name>/<version>`` (KServe's ``ModelServer``
 with the v2 protocol), as a non-root user on a read-only root file system, with readiness and
 liveness probes on the v2 health endpoints. Credentials (the MLflow server, the S3 store of
-its artifacts) come from Kubernetes Secrets through ``envFrom``; nothing secret is rendered.
+its artifacts) come from Kubernetes Secrets through ``envFrom``, the tracking and lake URIs from
+the ``flywheel-config`` ConfigMap; nothing secret is rendered.
 
 No cluster runs where this is developed, so the manifest is validated offline against KServe's
 CRD, vendored beside this module (``ml_tasks/schemas/``; source and licence in ``NOTICE``;
@@ -34,6 +35,11 @@ API_VERSION = "serving.kserve.io/v1beta1"
 DEFAULT_REGISTRY = "harbor.flywheel.local/flywheel"
 DEFAULT_TAG = "0.1.0"
 SERVE_PORT = 8080
+# Settings the model server reads from the steps' ConfigMap (helm-values/flywheel-platform.yaml).
+SERVER_SETTINGS = ("MLFLOW_TRACKING_URI", "FLYWHEEL_LAKE_URI", "AWS_ENDPOINT_URL")
+# KServe's name for plain Deployments + Services ("RawDeployment" is deprecated); it must match
+# the controller's mode (helm-values/kserve.yaml), Knative is not installed.
+DEPLOYMENT_MODE = "Standard"
 _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 
 
@@ -68,6 +74,7 @@ class ServingOptions:
     storage_secret: str = "flywheel-s3"
     tracking_secret: str = "flywheel-mlflow"
     image_pull_secret: str = "harbor-pull"
+    config_map: str = "flywheel-config"
     service_account: str | None = None
     min_replicas: int = 1
     max_replicas: int = 3
@@ -86,6 +93,7 @@ class ServingOptions:
             ("storage_secret", "FLYWHEEL_S3_SECRET"),
             ("tracking_secret", "FLYWHEEL_MLFLOW_SECRET"),
             ("image_pull_secret", "FLYWHEEL_IMAGE_PULL_SECRET"),
+            ("config_map", "FLYWHEEL_CONFIG_MAP"),
             ("service_account", "FLYWHEEL_SERVE_SERVICE_ACCOUNT"),
         ):
             if os.environ.get(var):
@@ -117,6 +125,17 @@ def render_inference_service(
             {"name": "FLYWHEEL_MODEL_VERSION", "value": str(model_version)},
             # The model is read through MLflow; a read-only root needs a writable cache.
             {"name": "HOME", "value": "/tmp"},
+            # Probes reach the pod's address, not its loopback.
+            {"name": "FLYWHEEL_SERVE_HOST", "value": "0.0.0.0"},
+            # Where the model is and where sampled inputs go: without these the server stops
+            # at start (no registered model in an empty local store) or keeps inputs in the pod.
+            *(
+                {
+                    "name": key,
+                    "valueFrom": {"configMapKeyRef": {"name": opts.config_map, "key": key}},
+                }
+                for key in SERVER_SETTINGS
+            ),
         ],
         "envFrom": [
             {"secretRef": {"name": opts.tracking_secret}},
@@ -166,7 +185,7 @@ def render_inference_service(
             "annotations": {
                 "flywheel.io/model-name": model_name,
                 "flywheel.io/model-version": str(model_version),
-                "serving.kserve.io/deploymentMode": "Serverless",
+                "serving.kserve.io/deploymentMode": DEPLOYMENT_MODE,
             },
         },
         "spec": {"predictor": predictor},
