@@ -1,18 +1,28 @@
 """The local stack: every service of the loop on this machine, started and stopped in one go.
 
-``python -m ml_tasks.stack up`` starts, each on a free port of 127.0.0.1:
+``python -m ml_tasks.stack up`` starts, on 127.0.0.1 at fixed ports (:data:`PORTS`; each can be
+moved with its environment variable, and a port already taken stops ``up`` with its name and
+variable):
 
-- a local S3 endpoint (``moto_server``; in memory, like a fresh MinIO) with the lake bucket;
+- a local S3 endpoint (:mod:`ml_tasks.local_s3`: moto's S3, every acknowledged write kept on
+  disk) with the lake bucket, which also holds the DVC remote;
 - MLflow (SQLite + served artifacts);
 - Label Studio (its own virtualenv, preset admin and API token, safe SSRF settings);
 - the model service (``python -m ml_tasks.serve``), when a ``champion`` exists (``--no-serve``
   skips it; without a champion it is reported as not started);
 - Airflow: api-server (UI), scheduler, triggerer and dag-processor, with Connections for S3
-  and Label Studio, low parallelism;
+  and Label Studio, low parallelism, and three logins: ``admin``, ``approver`` (the one user
+  in ``FLYWHEEL_APPROVERS``, who answers the training DAG's approval) and ``non-approver`` (the
+  same role, not an approver: answering an approval gets 403);
 
 then prints the URLs, logins, and the environment to copy into a shell
 (``python -m ml_tasks.stack env``). ``python -m ml_tasks.stack down`` stops all of it
 (each service runs in its own process group, recorded in ``<FLYWHEEL_HOME>/stack/state.json``).
+
+Everything the stack holds lives under ``<FLYWHEEL_HOME>/stack`` and ``<FLYWHEEL_HOME>/airflow``
+(objects, MLflow's database and artifacts, Label Studio's data, Airflow's database and the
+logins' passwords), and the ports do not change, so ``down`` then ``up`` finds it all where it
+was, and links already written (an approval form's MLflow links) keep working.
 
 Why here and not under ``plugins/``: it imports neither Airflow nor the ML stack (standard
 library only: it starts other programs with their own environments' interpreters), so it runs
@@ -26,6 +36,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from ml_tasks.annotation import label_studio_server as lss
-from ml_tasks.config import load_settings, repo_root
+from ml_tasks.config import load_settings
+
+# The code (environments, DAG files), which FLYWHEEL_REPO (the dataset's repository) may not be.
+CODE_ROOT = Path(__file__).resolve().parents[1]
 
 BUCKET = "flywheel"
 AWS = {
@@ -44,12 +58,92 @@ AWS = {
 }
 
 
+# service -> (environment variable, default port). Fixed, so URLs stay valid across restarts.
+PORTS: dict[str, tuple[str, int]] = {
+    "s3": ("FLYWHEEL_STACK_S3_PORT", 9000),
+    "mlflow": ("FLYWHEEL_STACK_MLFLOW_PORT", 5000),
+    "label_studio": ("FLYWHEEL_STACK_LABEL_STUDIO_PORT", 8080),
+    "airflow": ("FLYWHEEL_STACK_AIRFLOW_PORT", 8081),
+    "model_service": ("FLYWHEEL_STACK_MODEL_SERVICE_PORT", 8085),
+}
+# Airflow wants these set; with --skip-serve-logs nothing listens on them.
+AIRFLOW_LOG_PORTS = {"worker_logs": 8793, "trigger_logs": 8794}
+# Airflow logins (simple auth manager): name -> (role, what the login is for).
+APPROVER, NON_APPROVER = "approver", "non-approver"
+USERS: dict[str, tuple[str, str]] = {
+    "admin": ("admin", "everything"),
+    APPROVER: ("user", "answers the training DAG's approval (FLYWHEEL_APPROVERS)"),
+    NON_APPROVER: ("user", "the same role, not an approver: an answer gets 403"),
+}
+
+
 class StackError(RuntimeError):
     """A service of the stack did not come up."""
 
 
+class StackRefused(StackError):
+    """``up`` refused before starting anything (already running, a port taken)."""
+
+
+def ports() -> dict[str, int]:
+    """The port of each service: its default, or the value of its environment variable."""
+    chosen = {}
+    for service, (variable, default) in PORTS.items():
+        raw = os.environ.get(variable, "").strip()
+        if not raw:
+            chosen[service] = default
+            continue
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise StackRefused(f"{variable}={raw!r}: give a TCP port number (1-65535)")
+        chosen[service] = int(raw)
+    if len(set(chosen.values())) != len(chosen):
+        raise StackRefused(f"two services share a port: {chosen}; set the FLYWHEEL_STACK_*_PORT")
+    return chosen
+
+
+def check_ports_free(chosen: dict[str, int]) -> None:
+    """Fail before starting anything when a port is taken, naming it and its variable."""
+    for service, port in chosen.items():
+        with socket.socket() as sock:
+            # As the servers do: a port left in TIME_WAIT by the last `down` is free to reuse.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                variable = PORTS[service][0]
+                raise StackRefused(
+                    f"port {port} for {service.replace('_', ' ')} is taken ({exc.strerror}): "
+                    f"stop what listens there, or choose another port with {variable}=PORT"
+                ) from exc
+
+
+def airflow_home() -> Path:
+    return load_settings().home / "airflow"
+
+
+def ensure_passwords(home: Path) -> dict[str, str]:
+    """Each login's password, generated once into the file Airflow's simple auth manager reads."""
+    path = home / "simple_auth_manager_passwords.json.generated"
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    for user in USERS:
+        known.setdefault(user, secrets.token_urlsafe(12))
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known) + "\n")
+    path.chmod(0o600)
+    return known
+
+
+def kept_secret(path: Path) -> str:
+    """A secret generated once and kept (Airflow's JWT key: logins survive a restart)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def venv_bin(env: str, name: str) -> str:
-    return str(repo_root() / ".venvs" / env / "bin" / name)
+    return str(CODE_ROOT / ".venvs" / env / "bin" / name)
 
 
 def state_dir() -> Path:
@@ -121,12 +215,17 @@ def stack_env(state: dict[str, Any]) -> dict[str, str]:
         "LABEL_STUDIO_URL": state["label_studio"]["url"],
         "LABEL_STUDIO_API_KEY": state["label_studio"]["token"],
         "FLYWHEEL_STEPS_PYTHON": venv_bin("steps", "python"),
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(repo_root() / "dags"),
+        "FLYWHEEL_APPROVERS": f"{APPROVER}:Approver",
+        "AIRFLOW_HOME": str(airflow_home()),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(CODE_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(CODE_ROOT / "plugins"),  # training's timetable
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow' / 'airflow.db'}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home() / 'airflow.db'}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+            f"{user}:{role}" for user, (role, _) in USERS.items()
+        ),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW_CONN_FLYWHEEL_S3": json.dumps(
             {
                 "conn_type": "aws",
@@ -161,22 +260,33 @@ def stack_env(state: dict[str, Any]) -> dict[str, str]:
 def up(serve: bool = True) -> dict[str, Any]:
     state = read_state()
     if any(alive(s["pid"]) for s in state.get("services", {}).values()):
-        raise StackError("the stack is already running: `python -m ml_tasks.stack down` first")
-    state = {}
+        raise StackRefused("the stack is already running: `python -m ml_tasks.stack down` first")
+    chosen = ports()
+    check_ports_free(chosen if serve else {k: v for k, v in chosen.items() if k != "model_service"})
+    state = {"ports": chosen}
     state_dir().mkdir(parents=True, exist_ok=True)
     base = {**os.environ, **AWS}
     # Label Studio first: its first start (migrations, ~45 s) overlaps everything else.
-    server = lss.start(state_dir() / "label-studio", wait=False)
+    server = lss.start(state_dir() / "label-studio", port=chosen["label_studio"], wait=False)
     state["services"] = {"label_studio": {"pid": server.pid, "log": server.log_path}}
     state["label_studio"] = server.to_json()
-    s3_port = lss.free_port()
     pid = launch(
-        "s3", [venv_bin("steps", "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], base, state
+        "s3",
+        [
+            venv_bin("steps", "python"),
+            "-m",
+            "ml_tasks.local_s3",
+            "--data-dir",
+            str(state_dir() / "s3"),
+            "--port",
+            str(chosen["s3"]),
+        ],
+        base,
+        state,
     )
-    state["s3"] = f"http://127.0.0.1:{s3_port}"
-    wait_http(state["s3"], 60, pid)
+    state["s3"] = f"http://127.0.0.1:{chosen['s3']}"
+    wait_http(state["s3"], 120, pid)
     create_bucket(state["s3"])
-    mlflow_port = lss.free_port()
     pid = launch(
         "mlflow",
         [
@@ -192,28 +302,38 @@ def up(serve: bool = True) -> dict[str, Any]:
             "--host",
             "127.0.0.1",
             "--port",
-            str(mlflow_port),
+            str(chosen["mlflow"]),
             "--workers",
             "1",
         ],
         base,
         state,
     )
-    state["mlflow"] = f"http://127.0.0.1:{mlflow_port}"
+    state["mlflow"] = f"http://127.0.0.1:{chosen['mlflow']}"
     state["airflow"] = {
-        "port": lss.free_port(),
-        "worker_logs": lss.free_port(),
-        "trigger_logs": lss.free_port(),
-        "jwt_secret": secrets.token_urlsafe(32),
+        "port": chosen["airflow"],
+        **AIRFLOW_LOG_PORTS,
+        "jwt_secret": kept_secret(airflow_home() / "jwt_secret"),
     }
     write_state(state)
     env = {**base, **stack_env(state)}
     airflow = venv_bin("orchestrator", "airflow")
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    passwords = ensure_passwords(airflow_home())
+    # Run notes (the gates' reasons) are written through the api-server, as admin.
+    env["AIRFLOW_CONN_FLYWHEEL_AIRFLOW_API"] = json.dumps(
+        {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "port": chosen["airflow"],
+            "schema": "http",
+            "login": "admin",
+            "password": passwords["admin"],
+        }
+    )
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     pid = launch(
         "airflow-api-server",
-        [airflow, "api-server", "-H", "127.0.0.1", "-p", str(state["airflow"]["port"])],
+        [airflow, "api-server", "-H", "127.0.0.1", "-p", str(chosen["airflow"])],
         env,
         state,
     )
@@ -226,26 +346,30 @@ def up(serve: bool = True) -> dict[str, Any]:
     ):
         launch(f"airflow-{part}", [airflow, part, *flags], env, state)
     wait_http(f"{state['mlflow']}/health", 120)
-    wait_http(f"http://127.0.0.1:{state['airflow']['port']}/api/v2/monitor/health", 120, pid)
+    wait_http(f"http://127.0.0.1:{chosen['airflow']}/api/v2/monitor/health", 120, pid)
     lss.wait_until_up(server.url, 300)
-    state["model_service"] = start_model_service(env, state) if serve else "not requested"
+    state["model_service"] = (
+        start_model_service(env, state, chosen["model_service"]) if serve else "not requested"
+    )
     write_state(state)
     return state
 
 
 def create_bucket(endpoint: str) -> None:
+    """The lake's bucket, unless the endpoint already keeps it from an earlier ``up``."""
     key, secret = AWS["AWS_ACCESS_KEY_ID"], AWS["AWS_SECRET_ACCESS_KEY"]
     code = (
-        f"import boto3; boto3.client('s3', endpoint_url={endpoint!r}, aws_access_key_id={key!r}, "
-        f"aws_secret_access_key={secret!r}, region_name='us-east-1')"
-        f".create_bucket(Bucket={BUCKET!r})"
+        f"import boto3; s3 = boto3.client('s3', endpoint_url={endpoint!r}, "
+        f"aws_access_key_id={key!r}, aws_secret_access_key={secret!r}, region_name='us-east-1')\n"
+        f"if {BUCKET!r} not in [b['Name'] for b in s3.list_buckets()['Buckets']]:\n"
+        f"    s3.create_bucket(Bucket={BUCKET!r})"
     )
     subprocess.run([venv_bin("steps", "python"), "-c", code], check=True, capture_output=True)
 
 
-def start_model_service(env: dict[str, str], state: dict[str, Any]) -> str:
+def start_model_service(env: dict[str, str], state: dict[str, Any], port: int) -> str:
     """Serve the champion if there is one (issue 4's ``ml_tasks.serve``); else say why not."""
-    if not (repo_root() / "ml_tasks" / "serve.py").exists():
+    if not (CODE_ROOT / "ml_tasks" / "serve.py").exists():
         return "not started: ml_tasks.serve is not available"
     model = os.environ.get("FLYWHEEL_MODEL_NAME", "digits")
     check = subprocess.run(
@@ -260,7 +384,6 @@ def start_model_service(env: dict[str, str], state: dict[str, Any]) -> str:
     )
     if check.returncode != 0:
         return f"not started: no {model}@champion yet (train and approve one, then run `up` again)"
-    port = lss.free_port()
     pid = launch(
         "model-service",
         [
@@ -295,23 +418,23 @@ def down() -> list[str]:
 
 
 def describe(state: dict[str, Any]) -> str:
-    home = Path(stack_env(state)["AIRFLOW_HOME"])
-    passwords = home / "simple_auth_manager_passwords.json.generated"
-    airflow_login = "admin / " + (
-        json.loads(passwords.read_text()).get("admin", "?") if passwords.exists() else "?"
-    )
+    passwords_file = airflow_home() / "simple_auth_manager_passwords.json.generated"
+    passwords = json.loads(passwords_file.read_text()) if passwords_file.exists() else {}
     ls = state["label_studio"]
-    lines = [
-        f"Airflow UI     http://127.0.0.1:{state['airflow']['port']}   login {airflow_login}",
+    lines = [f"Airflow UI     http://127.0.0.1:{state['airflow']['port']}   logins:"]
+    for user, (role, purpose) in USERS.items():
+        lines.append(f"  {user:<13}{passwords.get(user, '?'):<18} {role:<6} {purpose}")
+    lines += [
+        "  (approvals: Browse -> Required Actions, as approver)",
         f"Label Studio   {ls['url']}   login {ls['username']} / {ls['password']}   "
         f"API token {ls['token']}",
         f"MLflow         {state['mlflow']}",
-        f"S3 (moto)      {state['s3']}   bucket {BUCKET}   keys {AWS['AWS_ACCESS_KEY_ID']} / "
-        f"{AWS['AWS_SECRET_ACCESS_KEY']}",
+        f"S3             {state['s3']}   bucket {BUCKET}   keys {AWS['AWS_ACCESS_KEY_ID']} / "
+        f"{AWS['AWS_SECRET_ACCESS_KEY']}   (objects kept in {state_dir() / 's3'})",
         f"Model service  {state.get('model_service')}",
         f"Logs           {state_dir()}",
         'Environment    eval "$(python -m ml_tasks.stack env)"',
-        "Stop           python -m ml_tasks.stack down",
+        "Stop           python -m ml_tasks.stack down   (everything is kept for the next up)",
     ]
     return "\n".join(lines)
 
@@ -331,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             try:
                 print(describe(up(serve=not args.no_serve)))
+            except StackRefused:
+                raise  # nothing was started: a running stack stays up
             except (StackError, lss.LabelStudioError, subprocess.CalledProcessError):
                 down()
                 raise
