@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.checkout import changes, fingerprint
 from bench.table import Row, render
 
 HERE = Path(__file__).resolve().parent
@@ -42,18 +43,34 @@ def main() -> int:
     names = sorted(
         m.name
         for m in pkgutil.iter_modules([str(HERE)])
-        if m.name not in {"table"} and not m.name.startswith("_")
+        if m.name not in {"table", "checkout"} and not m.name.startswith("_")
     )
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {names})")
     args = parser.parse_args()
     if unknown := set(args.names) - set(names):
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {names}")
+    before = fingerprint()
     rows: list[Row] = []
     for name in args.names or names:
         print(f"running bench.{name} ...", file=sys.stderr, flush=True)
-        rows.extend(run_module(name))
+        environment = dict(os.environ)
+        try:
+            rows.extend(run_module(name))
+        finally:
+            # What one benchmark set for itself (a server's address, a temporary state folder)
+            # must not reach the next one.
+            os.environ.clear()
+            os.environ.update(environment)
     print(render(rows))
+    if changed := changes(before, fingerprint()):
+        print(
+            "error: the benchmarks changed the checkout (they must not):\n  "
+            + "\n  ".join(changed),
+            file=sys.stderr,
+        )
+        return 2
+    print("the checkout is unchanged (every file, tracked or ignored)", file=sys.stderr)
     return 0 if all(r["ok"] is not False for r in rows) else 1
 
 

@@ -200,6 +200,7 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
 
     from ml_tasks.annotation import label_studio_server as lss
 
+    environment = dict(os.environ)  # restored after: the servers below die with the folder
     with tempfile.TemporaryDirectory(prefix="bench-annotation-") as tmp:
         root = Path(tmp)
         port = free_port()
@@ -251,6 +252,8 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
             lss.stop_pid(server.pid)
             moto.terminate()
             moto.wait(timeout=10)
+            os.environ.clear()
+            os.environ.update(environment)
     baseline = naive_count / naive_seconds
     steps_rate, warm_rate = count / steps_seconds, count / warm_seconds
     per_image = sum(REQUESTS.values()) / count

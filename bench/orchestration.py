@@ -17,8 +17,9 @@ Target: value / baseline <= 1.3. Also one row per DAG file: the time to parse it
 fresh interpreter, after ``airflow.sdk`` is imported) against the time to import ``airflow.sdk``
 itself; target: a DAG file costs no more than the SDK import.
 
-Uses ``FLYWHEEL_REPO`` (default: this checkout) for the dataset; it must be materialized
-(``python -m ml_tasks.dataset materialize``; the benchmark runs it first).
+The dataset comes from a throwaway copy of the repository (``bench.checkout.repository_copy``),
+materialized as on a fresh clone (``python -m ml_tasks.dataset materialize``): DVC and git
+never run in the checkout, so a benchmark leaves it as it was.
 Run: ``.venvs/orchestrator/bin/python -m bench.orchestration``.
 """
 
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.checkout import repository_copy
 from bench.table import Row, report
 from bench.table import row as table_row
 
@@ -200,12 +202,14 @@ def run() -> list[Row]:
             for k, v in os.environ.items()
             if not k.startswith(("AIRFLOW", "MLFLOW_TRACKING_URI"))
         }
+        base = {k: v for k, v in base.items() if not k.startswith(("FLYWHEEL_", "AWS_"))}
+        base["FLYWHEEL_REPO"] = str(repository_copy(root / "repo"))
         env = airflow_env(airflow_home, users=users, approvers=APPROVER, base=base)
         python = steps_python()
         airflow_cli(env, "db", "migrate")
         subprocess.run(
             [python, "-m", "ml_tasks.dataset", "materialize"],
-            env=env,
+            env={**env, "FLYWHEEL_HOME": str(root / "materialize")},
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

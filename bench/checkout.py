@@ -1,0 +1,87 @@
+"""The benchmarks never change the checkout they run from: a fingerprint, and a copy to use.
+
+``make bench`` fingerprints every file of the checkout (tracked or ignored, ``.dvc/config.local``
+included) before and after, and fails naming each file that changed. Left out: the
+environments (``.venvs/``), the state folder (``.flywheel/``), Python's bytecode caches and
+``.git/`` (whose index git refreshes on a read); git's refs and HEAD are compared instead, so a
+commit or a new branch is caught. A benchmark that needs the repository's dataset (DVC, git)
+works on :func:`repository_copy`, never on the checkout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SKIPPED_DIRS = {".venvs", ".flywheel", ".git", "__pycache__"}
+# What a fresh clone has that the dataset steps read: params, DVC's set-up, the version files.
+DATASET_FILES = [
+    "params.yaml",
+    "dvc.yaml",
+    ".dvcignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "data/images.dvc",
+    "data/versions.jsonl",
+    "data/.gitignore",
+    ".gitignore",
+]
+
+
+def fingerprint(root: Path = REPO) -> dict[str, str]:
+    """Relative path -> content hash of every file under ``root`` (see the module docstring)."""
+    found: dict[str, str] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
+        rel_folder = Path(folder).relative_to(root)
+        found[f"{rel_folder}/"] = "folder"
+        for name in files:
+            path = Path(folder) / name
+            if path.is_symlink():
+                found[str(rel_folder / name)] = f"link:{os.readlink(path)}"
+                continue
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            found[str(rel_folder / name)] = digest.hexdigest()
+    git = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname) %(objectname)"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    found["<git refs>"] = git.stdout + head.stdout
+    return found
+
+
+def changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What differs, one line per path: ``added``, ``removed`` or ``changed``."""
+    lines = [f"added   {p}" for p in sorted(after.keys() - before.keys())]
+    lines += [f"removed {p}" for p in sorted(before.keys() - after.keys())]
+    lines += [f"changed {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+    return lines
+
+
+def repository_copy(dest: Path) -> Path:
+    """A git repository with this checkout's dataset files, committed once (a fresh clone's)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in DATASET_FILES:
+        if (REPO / rel).exists():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / rel, dest / rel)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "bench@flywheel.invalid")
+    git("config", "user.name", "Flywheel bench")
+    git("add", "-A")
+    git("commit", "-q", "-m", "fresh clone")
+    return dest
