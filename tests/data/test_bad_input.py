@@ -76,6 +76,9 @@ def test_every_entry_of_the_bad_input_corpus_gets_its_verdict(
         counts = [result[k] for k in ("prepared", "quarantined", "skipped")]
         assert sum(counts) == result["offered"] == len(expected)
     assert result["decoded"] == 0
+    lake = open_lake(load_settings().lake_uri)  # the same files in two versions: two records each
+    records = [k for k in lake.list("quarantine/prepare/") if k.endswith("/reason.json")]
+    assert len(records) == 2 * result["quarantined"] == len(set(records))
 
 
 # 1. label conflicts
