@@ -1,0 +1,1 @@
+"""Developer tools: commands a person or ``make`` runs, never imported by the steps or Airflow."""
