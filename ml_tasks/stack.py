@@ -8,6 +8,9 @@ variable):
   disk) with the lake bucket, which also holds the DVC remote;
 - MLflow (SQLite + served artifacts);
 - Label Studio (its own virtualenv, preset admin and API token, safe SSRF settings);
+- a container registry (:mod:`tools.registry`: Debian's ``docker-registry``, the CNCF
+  distribution registry) where ``make push`` sends the images and a kubelet would pull them,
+  when ``docker-registry`` is installed (``make image-tools``);
 - the model service (``python -m ml_tasks.serve``), when a ``champion`` exists (``--no-serve``
   skips it; without a champion it is reported as not started);
 - Airflow: api-server (UI), scheduler, triggerer and dag-processor, with Connections for S3
@@ -47,6 +50,8 @@ from typing import Any
 from ml_tasks.annotation import label_studio_server as lss
 from ml_tasks.config import load_settings
 
+IMAGES = ("steps", "serve")
+
 # The code (environments, DAG files), which FLYWHEEL_REPO (the dataset's repository) may not be.
 CODE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +70,7 @@ PORTS: dict[str, tuple[str, int]] = {
     "label_studio": ("FLYWHEEL_STACK_LABEL_STUDIO_PORT", 8080),
     "airflow": ("FLYWHEEL_STACK_AIRFLOW_PORT", 8081),
     "model_service": ("FLYWHEEL_STACK_MODEL_SERVICE_PORT", 8085),
+    "registry": ("FLYWHEEL_STACK_REGISTRY_PORT", 5050),
 }
 # Airflow wants these set; with --skip-serve-logs nothing listens on them.
 AIRFLOW_LOG_PORTS = {"worker_logs": 8793, "trigger_logs": 8794}
@@ -242,6 +248,17 @@ def stack_env(state: dict[str, Any]) -> dict[str, str]:
             }
         ),
     }
+    if registry := state.get("registry"):
+        # `make push` sends the images here; the backends name them from the same settings.
+        env.update({"REGISTRY": registry, "PROJECT": "flywheel"})
+        from tools.images import revision
+
+        env.update(
+            {
+                f"FLYWHEEL_{n.upper()}_IMAGE": f"{registry}/flywheel/{n}:{revision(n)}"
+                for n in IMAGES
+            }
+        )
     if "airflow" in state:
         port = state["airflow"]["port"]
         env.update(
@@ -285,6 +302,7 @@ def up(serve: bool = True) -> dict[str, Any]:
         state,
     )
     state["s3"] = f"http://127.0.0.1:{chosen['s3']}"
+    start_registry(base, state, chosen["registry"])
     wait_http(state["s3"], 120, pid)
     create_bucket(state["s3"])
     pid = launch(
@@ -353,6 +371,19 @@ def up(serve: bool = True) -> dict[str, Any]:
     )
     write_state(state)
     return state
+
+
+def start_registry(env: dict[str, str], state: dict[str, Any], port: int) -> None:
+    """The container registry, when Debian's ``docker-registry`` is installed."""
+    import shutil
+
+    from tools.registry import registry_command
+
+    if shutil.which("docker-registry") is None:
+        state["registry_note"] = "not started: `make image-tools` installs docker-registry"
+        return
+    launch("registry", registry_command(state_dir() / "registry", port), env, state)
+    state["registry"] = f"127.0.0.1:{port}"
 
 
 def create_bucket(endpoint: str) -> None:
@@ -432,6 +463,8 @@ def describe(state: dict[str, Any]) -> str:
         f"S3             {state['s3']}   bucket {BUCKET}   keys {AWS['AWS_ACCESS_KEY_ID']} / "
         f"{AWS['AWS_SECRET_ACCESS_KEY']}   (objects kept in {state_dir() / 's3'})",
         f"Model service  {state.get('model_service')}",
+        f"Registry       {state.get('registry') or state.get('registry_note')}   "
+        "(make push with REGISTRY and PROJECT from the environment above)",
         f"Logs           {state_dir()}",
         'Environment    eval "$(python -m ml_tasks.stack env)"',
         "Stop           python -m ml_tasks.stack down   (everything is kept for the next up)",
