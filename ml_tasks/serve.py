@@ -25,7 +25,8 @@ a pixel array may also be 1 x size x size)::
 
 v2 (exactly one input: ``image`` with datatype BYTES and shape [N], each item a base64 string;
 or ``pixels`` with datatype FP32 (0..1) or UINT8 (0..255) and shape [N, size, size] or
-[N, 1, size, size], data flat or nested; ``outputs`` may pick from the four below)::
+[N, 1, size, size], data flat or nested exactly as the shape; ``outputs`` may pick from the
+four below)::
 
     {"id": "r1", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                              "data": ["iVBORw0KGgo..."]}]}
@@ -36,10 +37,13 @@ or ``pixels`` with datatype FP32 (0..1) or UINT8 (0..255) and shape [N, size, si
           {"name": "probabilities", "datatype": "FP32", "shape": [1, 10], "data": [...]},
           {"name": "classes", "datatype": "BYTES", "shape": [10], "data": ["0", ..., "9"]}]}
 
-Errors: a request the service cannot use (not JSON, not an image, over a byte or pixel limit,
-wrong shape or datatype, empty or oversized batch, a field the protocol does not define) gets
-HTTP 400 ``{"error": "<what is wrong>"}``; a failure inside the service gets 500 with only a
-request id (the traceback goes to the server log). ``X-Request-Id`` is honoured and stored.
+Errors: a request the service cannot use (not JSON, not an image, over a byte or pixel limit
+per image or per request, wrong shape or datatype, data nested otherwise than its shape,
+empty or oversized batch, a field the protocol does not define) gets HTTP 400
+``{"error": "<what is wrong>"}``, a method other than POST on a predict route 405, an unknown
+model 404 (every 4xx is counted by reason on ``/metrics``); a failure inside the service gets
+500 with only a request id (the traceback goes to the server log). ``X-Request-Id`` is
+honoured and stored.
 """
 
 from __future__ import annotations
@@ -141,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="pixels per decoded image (default: params.yaml prepare.max_pixels)",
     )
     parser.add_argument(
+        "--max-request-pixels",
+        type=_positive,
+        help="decoded pixels in all the images of one request, checked before decoding "
+        "(default: the --max-pixels of one image)",
+    )
+    parser.add_argument(
+        "--decode-workers",
+        type=_positive,
+        default=1,
+        help="processes that decode large images, off the event loop (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-request-bytes",
         type=_positive,
         default=16 * 1024 * 1024,
@@ -214,13 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     store = None
     if args.sample_rate > 0:
         store = IncomingStore(lake_uri, sample_rate=args.sample_rate, max_queue=args.store_queue)
+    max_pixels = args.max_pixels or training_max_pixels()
     model = ClassifierModel(
         name,
         model_uri,
         store=store,
         max_batch=args.max_batch,
         max_image_bytes=args.max_image_bytes,
-        max_pixels=args.max_pixels or training_max_pixels(),
+        max_pixels=max_pixels,
+        max_request_pixels=args.max_request_pixels or max_pixels,
+        decode_workers=args.decode_workers,
         torch_threads=args.torch_threads,
     )
     try:

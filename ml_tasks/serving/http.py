@@ -11,13 +11,14 @@ and runs the server on uvloop, which uvicorn would pick by itself were it starte
 ``Server.run()`` rather than awaited inside KServe's ``asyncio.run()`` (the largest single
 gain in ``bench/serving.py``: from about 1.2x to 3x+ the throughput of ``mlflow models serve``).
 
-:class:`RequestGuard` is a small ASGI middleware on the two predict routes: a body over the
+:class:`RequestGuard` is a small ASGI middleware. On the two predict routes, a body over the
 size limit is refused before it is read into memory, a body that is not JSON is refused (a
 missing Content-Type means JSON, and ``application/json; charset=utf-8`` is understood, which
-KServe's exact header comparison would not), and in v2 (whose JSON FastAPI parses with
-pydantic models that silently drop unknown keys) unknown fields at the request, input and
-output level are refused with a 400 that names them. FastAPI's 422 for a malformed v2 body
-becomes a 400 too, so every bad request gets the same status and ``{"error": ...}`` shape.
+KServe's exact header comparison would not), in v2 (whose JSON FastAPI parses with pydantic
+models that silently drop unknown keys) unknown fields at the request, input and output level
+are refused with a 400 that names them, and a method other than POST gets 405 (KServe's
+``GET /v1/models/{name}`` would otherwise take ``digits:predict`` for a model name and answer
+404). On every route it counts the 4xx responses by reason (:mod:`ml_tasks.serving.refusals`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,17 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from kserve import ModelServer
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.rest.server import RESTServer
+
+from ml_tasks.serving.metrics import serving_metrics
+from ml_tasks.serving.refusals import (
+    REASON_SLOT,
+    bad_input_as_400,
+    default_reason,
+    unknown_model_as_404,
+    validation_error_as_400,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -85,24 +95,72 @@ def _predict_protocol(path: str) -> str | None:
     return None
 
 
-class RequestGuard:
-    """ASGI middleware: bounded request bodies and strict v2 fields on the predict routes."""
+def _model_in_path(path: str) -> str | None:
+    """``digits`` for ``/v1/models/digits:predict``, ``/v2/models/digits/infer`` and the like."""
+    for prefix in ("/v1/models/", "/v2/models/"):
+        if path.startswith(prefix):
+            return path[len(prefix) :].split("/", 1)[0].split(":", 1)[0] or None
+    return None
 
-    def __init__(self, app: ASGIApp, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+
+class RequestGuard:
+    """ASGI middleware: bounded request bodies and strict v2 fields on the predict routes;
+    every 4xx counted by reason."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        served: Callable[[str], bool] = lambda name: False,
+    ) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
+        self.served = served
+        self.metrics = serving_metrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        protocol = None
-        if scope["type"] == "http" and scope["method"] == "POST":
-            protocol = _predict_protocol(scope["path"])
-        if protocol is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        reason: list[str | None] = [None]
+        protocol = _predict_protocol(scope["path"])
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                self._count(scope["path"], protocol, message["status"], reason[0])
+            await send(message)
+
+        scope = {**scope, REASON_SLOT: reason}
+        if protocol is None:
+            await self.app(scope, receive, counted)
+        elif scope["method"] != "POST":
+            reason[0] = "method_not_allowed"
+            await self._refuse(
+                counted,
+                f"{scope['path']} takes POST, not {scope['method']}",
+                status=405,
+                headers=[(b"allow", b"POST")],
+            )
+        else:
+            await self._guard(scope, receive, counted, protocol, reason)
+
+    def _count(self, path: str, protocol: str | None, status: int, reason: str | None) -> None:
+        name = _model_in_path(path)
+        # Label values come from a fixed set: a name nobody serves is not one of them.
+        model = name if name is not None and self.served(name) else ""
+        self.metrics.refused.labels(model, str(status), reason or default_reason(status)).inc()
+        if protocol is not None and model:
+            self.metrics.requests.labels(model, protocol, "bad_input").inc()
+
+    async def _guard(
+        self, scope: Scope, receive: Receive, send: Send, protocol: str, reason: list[str | None]
+    ) -> None:
+        """The predict routes: content type, body size, and (v2) unknown fields."""
         headers = dict(scope["headers"])
         declared_type = headers.get(b"content-type") or b"application/json"  # none (or empty)
         media = declared_type.split(b";")[0].strip().lower()
         if media != b"application/json" and not media.endswith(b"+json"):
+            reason[0] = "wrong_content_type"
             await self._refuse(
                 send,
                 (
@@ -121,6 +179,7 @@ class RequestGuard:
         }
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
+            reason[0] = "body_too_large"
             await self._refuse(send, self._too_big(int(declared)))
             return
         chunks: list[bytes] = []
@@ -132,6 +191,7 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_request_bytes:
+                reason[0] = "body_too_large"
                 await self._refuse(send, self._too_big(size))
                 return
             chunks.append(chunk)
@@ -139,6 +199,9 @@ class RequestGuard:
                 break
         body = b"".join(chunks)
         if protocol == "v2" and (problem := unknown_v2_fields(body)) is not None:
+            reason[0] = (
+                "not_json" if problem.startswith("the request body is not") else "unknown_field"
+            )
             await self._refuse(send, problem)
             return
         replayed = False
@@ -156,39 +219,27 @@ class RequestGuard:
         return f"the request body of {size}+ bytes is over the limit of {self.max_request_bytes}"
 
     @staticmethod
-    async def _refuse(send: Send, message: str) -> None:
+    async def _refuse(
+        send: Send,
+        message: str,
+        status: int = 400,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         import orjson
 
         body = orjson.dumps({"error": message})
         await send(
             {
                 "type": "http.response.start",
-                "status": 400,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    *(headers or []),
                 ],
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-async def validation_error_as_400(request: Any, exc: Any) -> Any:
-    """FastAPI's 422 for a v2 body that does not fit the protocol, as KServe's 400 shape."""
-    problems = [
-        f"{'.'.join(str(p) for p in err.get('loc', ())[1:]) or 'body'}: {err.get('msg')}"
-        for err in exc.errors()[:5]
-    ]
-    return await bad_input_as_400(request, "invalid inference request: " + "; ".join(problems))
-
-
-async def bad_input_as_400(request: Any, exc: Any) -> Any:
-    """A 400 with the message, logged as one line (KServe logs a traceback per bad request)."""
-    from fastapi.responses import JSONResponse
-    from kserve.logging import logger
-
-    logger.info("bad request to %s: %s", request.url.path, exc)
-    return JSONResponse(status_code=400, content={"error": str(exc)})
 
 
 class FlywheelModelServer(ModelServer):
@@ -258,7 +309,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 class FlywheelRESTServer(RESTServer):
-    """KServe's ``RESTServer`` plus the guard, 400s for malformed v2 bodies, quiet 400 logs."""
+    """KServe's ``RESTServer`` plus the guard, 400s for malformed v2 bodies, quiet 4xx logs."""
 
     max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
     access_log = False
@@ -267,9 +318,15 @@ class FlywheelRESTServer(RESTServer):
         # KServe's timing middleware logs two lines per request: only with --access-log.
         if self.access_log:
             super()._add_middlewares(app)
-        app.add_middleware(RequestGuard, max_request_bytes=self.max_request_bytes)
+        app.add_middleware(
+            RequestGuard, max_request_bytes=self.max_request_bytes, served=self._served
+        )
+
+    def _served(self, name: str) -> bool:
+        return self.dataplane.model_registry.get_model(name) is not None
 
     def _add_exception_handlers(self, app: Any) -> None:
         super()._add_exception_handlers(app)
         app.add_exception_handler(InvalidInput, bad_input_as_400)
         app.add_exception_handler(RequestValidationError, validation_error_as_400)
+        app.add_exception_handler(ModelNotFound, unknown_model_as_404)

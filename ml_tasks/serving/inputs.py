@@ -7,21 +7,21 @@ The two KServe protocols carry the same two kinds of input (the payloads are doc
 is strict on purpose: a field the service does not know is an error, not something ignored,
 because an ignored field is a client bug nobody sees. Nothing here imports KServe; v2 requests
 are read through the attributes of KServe's ``InferRequest`` (duck-typed), so the rules are
-testable on their own.
+testable on their own. Parsing only checks structure: encoded images are left as base64 text in
+:attr:`Batch.encoded`, for :mod:`ml_tasks.serving.decoding` to decode within a per-request
+budget and, when they are large, off the event loop.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ml_tasks.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
+from ml_tasks.images import DEFAULT_MAX_PIXELS
 
 V1_IMAGE_FIELD = "b64"
 V2_IMAGE_INPUT = "image"
@@ -37,6 +37,10 @@ class BadInput(ValueError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[BadInput], tuple[str, str]]:
+        # Raised in the decoding process too: it must cross back with its reason.
+        return (BadInput, (self.reason, str(self)))
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -46,6 +50,11 @@ class Limits:
     max_batch: int = 64
     max_image_bytes: int = 4 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = DEFAULT_MAX_PIXELS
+    """Decoded pixels in all the images of one request: bounds the CPU a request can demand
+    (a 16 kB PNG can hold 16 million pixels, so the byte limits alone do not)."""
+    max_request_image_bytes: int = 16 * 1024 * 1024
+    """Encoded bytes in all the images of one request (base64 decoded)."""
 
 
 @dataclass
@@ -57,6 +66,9 @@ class Batch:
     sources: list[bytes | np.ndarray]
     """Per image: the encoded bytes as received, or the pixel array (float32 in [0, 1])."""
     protocol: str
+    encoded: list[tuple[int, str, str]] = field(default_factory=list)
+    """Images still to decode: (row in ``pixels``, where in the request, base64 text); the
+    decoder fills their rows and sources."""
     request_id: str | None = None
     outputs: tuple[str, ...] = OUTPUT_NAMES
     started: float = 0.0
@@ -80,15 +92,17 @@ def parse_v1(body: Any, limits: Limits) -> Batch:
     _check_batch_size(len(instances), limits)
     pixels = np.empty((len(instances), limits.image_size, limits.image_size), dtype=np.float32)
     sources: list[bytes | np.ndarray] = []
+    encoded: list[tuple[int, str, str]] = []
     for i, instance in enumerate(instances):
         where = f"instances[{i}]"
         if isinstance(instance, dict):
             _reject_unknown(instance, {V1_IMAGE_FIELD}, where)
             if V1_IMAGE_FIELD not in instance:
                 raise BadInput("missing_field", f"{where}: expected {{'b64': <base64 image>}}")
-            decoded, data = _decode_b64_image(instance[V1_IMAGE_FIELD], f"{where}.b64", limits)
-            pixels[i] = decoded / np.float32(255.0)
-            sources.append(data)
+            encoded.append(
+                (i, f"{where}.b64", _base64_text(instance[V1_IMAGE_FIELD], f"{where}.b64"))
+            )
+            sources.append(b"")
         elif isinstance(instance, list):
             grid = _unit_pixels(instance, where, limits)
             pixels[i] = grid[0]
@@ -99,7 +113,7 @@ def parse_v1(body: Any, limits: Limits) -> Batch:
                 f"{where}: expected {{'b64': <base64 image>}} or a {limits.image_size}x"
                 f"{limits.image_size} pixel array, got {_kind(instance)}",
             )
-    return Batch(pixels=pixels, sources=sources, protocol="v1")
+    return Batch(pixels=pixels, sources=sources, protocol="v1", encoded=encoded)
 
 
 def parse_v2(request: Any, limits: Limits) -> Batch:
@@ -153,12 +167,11 @@ def _v2_images(tensor: Any, shape: list[int], where: str, limits: Limits) -> Bat
         count = len(data) if isinstance(data, list) else _kind(data)
         raise BadInput("wrong_shape", f"{where}: shape {shape} but data holds {count} item(s)")
     pixels = np.empty((len(data), limits.image_size, limits.image_size), dtype=np.float32)
-    sources: list[bytes | np.ndarray] = []
-    for i, text in enumerate(data):
-        decoded, raw = _decode_b64_image(text, f"{where}[{i}]", limits)
-        pixels[i] = decoded / np.float32(255.0)
-        sources.append(raw)
-    return Batch(pixels=pixels, sources=sources, protocol="v2")
+    encoded = [
+        (i, f"{where}[{i}]", _base64_text(text, f"{where}[{i}]")) for i, text in enumerate(data)
+    ]
+    sources: list[bytes | np.ndarray] = [b""] * len(data)
+    return Batch(pixels=pixels, sources=sources, protocol="v2", encoded=encoded)
 
 
 def _v2_pixels(tensor: Any, shape: list[int], where: str, limits: Limits) -> Batch:
@@ -168,6 +181,8 @@ def _v2_pixels(tensor: Any, shape: list[int], where: str, limits: Limits) -> Bat
             "wrong_dtype",
             f"{where}: datatype must be FP32 (0..1) or UINT8 (0..255), got {tensor.datatype}",
         )
+    if any(n < 0 for n in shape):
+        raise BadInput("wrong_shape", f"{where}: shape {shape} has a negative dimension")
     if shape[1:] not in ([size, size], [1, size, size]):
         raise BadInput(
             "wrong_shape",
@@ -175,6 +190,14 @@ def _v2_pixels(tensor: Any, shape: list[int], where: str, limits: Limits) -> Bat
         )
     _check_batch_size(shape[0], limits)
     values = _numbers(tensor.data, where)
+    if values.ndim > 1 and list(values.shape) != shape:
+        # The protocol's data is flat (row-major) or nested exactly as the shape says: a
+        # nesting that only has the right number of values is a client bug, not an image.
+        raise BadInput(
+            "wrong_shape",
+            f"{where}: data nested as {list(values.shape)} does not match shape {shape} "
+            "(send it flat or nested exactly as the shape)",
+        )
     if values.size != math.prod(shape):
         raise BadInput(
             "wrong_shape",
@@ -213,30 +236,10 @@ def _requested_outputs(requested: Sequence[Any] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _decode_b64_image(text: Any, where: str, limits: Limits) -> tuple[np.ndarray, bytes]:
+def _base64_text(text: Any, where: str) -> str:
     if not isinstance(text, str):
         raise BadInput("wrong_type", f"{where}: expected a base64 string, got {_kind(text)}")
-    # Refuse before decoding: base64 is 4 characters per 3 bytes.
-    if len(text) > (limits.max_image_bytes + 2) // 3 * 4 + len(text) // 64 * 2:
-        raise BadInput(
-            "too_many_bytes",
-            f"{where}: about {len(text) * 3 // 4} bytes is over the limit of "
-            f"{limits.max_image_bytes} bytes per image",
-        )
-    try:
-        data = base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadInput("not_base64", f"{where}: not valid base64 ({exc})") from exc
-    try:
-        pixels = decode_image(
-            data,
-            size=limits.image_size,
-            max_pixels=limits.max_pixels,
-            max_bytes=limits.max_image_bytes,
-        )
-    except BadImage as exc:
-        raise BadInput(exc.reason, f"{where}: {exc}") from exc
-    return pixels, data
+    return text
 
 
 def _unit_pixels(values: Any, where: str, limits: Limits) -> np.ndarray:
@@ -258,9 +261,22 @@ def _numbers(values: Any, where: str) -> np.ndarray:
         array = np.asarray(values)
     except (ValueError, TypeError) as exc:
         raise BadInput("wrong_shape", f"{where}: not a rectangular array of numbers") from exc
-    if array.dtype.kind not in "iuf":
+    if array.dtype.kind not in "iuf" or _holds_bool(values):
         raise BadInput("wrong_dtype", f"{where}: pixel values must be numbers")
     return array
+
+
+def _holds_bool(values: Any) -> bool:
+    """Whether a JSON array holds true/false anywhere (numpy reads them as 1 and 0)."""
+    stack = [values]
+    while stack:
+        items = stack.pop()
+        for value in items:
+            if isinstance(value, list):
+                stack.append(value)
+            elif isinstance(value, bool):
+                return True
+    return False
 
 
 def _in_unit_range(pixels: np.ndarray, where: str) -> np.ndarray:

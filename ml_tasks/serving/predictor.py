@@ -3,9 +3,11 @@
 :class:`ClassifierModel` is a ``kserve.Model``: ``load()`` reads the model through
 :func:`ml_tasks.model.load_classifier` (class names and image size come from the model's
 MLflow metadata) and only then sets ``ready``; ``preprocess`` parses a v1 dict or a v2
-``InferRequest`` (:mod:`ml_tasks.serving.inputs`), ``predict`` runs the classifier and answers
-in the protocol of the request. Bad input raises KServe's ``InvalidInput`` (HTTP 400 with the
-message); anything unexpected is logged here with its traceback and answered with
+``InferRequest`` (:mod:`ml_tasks.serving.inputs`) and decodes its images
+(:mod:`ml_tasks.serving.decoding`: large ones in a decoding process, so the event loop stays
+free), ``predict`` runs the classifier and answers in the protocol of the request. Bad input
+raises KServe's ``InvalidInput`` (HTTP 400 with the message, counted with its reason by the
+HTTP guard); anything unexpected is logged here with its traceback and answered with
 ``InferenceError`` (HTTP 500) carrying only the request id, so no internals reach the client.
 Sampled images go to the :class:`~ml_tasks.serving.store.IncomingStore`, which never blocks.
 """
@@ -19,12 +21,13 @@ from typing import Any
 
 import numpy as np
 from kserve import Model
-from kserve.errors import InferenceError, InvalidInput
+from kserve.errors import InferenceError
 from kserve.logging import logger
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from ml_tasks import events
 from ml_tasks.serving.batching import TickBatcher
+from ml_tasks.serving.decoding import Decoder
 from ml_tasks.serving.inputs import (
     OUTPUT_NAMES,
     V2_IMAGE_INPUT,
@@ -36,6 +39,7 @@ from ml_tasks.serving.inputs import (
     parse_v2,
 )
 from ml_tasks.serving.metrics import serving_metrics
+from ml_tasks.serving.refusals import RefusedInput
 from ml_tasks.serving.store import IncomingImage, IncomingStore
 
 
@@ -51,6 +55,8 @@ class ClassifierModel(Model):
         max_batch: int = 64,
         max_image_bytes: int = 4 * 1024 * 1024,
         max_pixels: int | None = None,
+        max_request_pixels: int | None = None,
+        decode_workers: int = 1,
         torch_threads: int = 1,
     ) -> None:
         super().__init__(name)
@@ -61,8 +67,12 @@ class ClassifierModel(Model):
         self._limit_args = {"max_batch": max_batch, "max_image_bytes": max_image_bytes}
         if max_pixels is not None:
             self._limit_args["max_pixels"] = max_pixels
+        if max_request_pixels is not None:
+            self._limit_args["max_request_pixels"] = max_request_pixels
+        self._decode_workers = decode_workers
         self._torch_threads = torch_threads
         self._batcher: TickBatcher | None = None
+        self.decoder: Decoder | None = None
         self.metrics = serving_metrics()
 
     @property
@@ -79,6 +89,7 @@ class ClassifierModel(Model):
         torch.set_num_threads(self._torch_threads)
         self.classifier = load_classifier(self.model_uri)
         self.limits = Limits(image_size=self.classifier.image_size, **self._limit_args)
+        self.decoder = Decoder(self.limits, workers=self._decode_workers)
         size = self.classifier.image_size
         self.classifier.predict_proba(np.zeros((1, size, size), dtype=np.float32))
         self.ready = True
@@ -92,13 +103,18 @@ class ClassifierModel(Model):
         return self.ready
 
     def start(self) -> None:
-        """Called by the ModelServer on start: begin writing stored inputs (``ready`` untouched)."""
+        """Called by the ModelServer on start: start the decoding process and the writer of
+        stored inputs (``ready`` untouched)."""
+        if self.decoder is not None:
+            self.decoder.start()
         if self.store is not None:
             self.store.start()
 
     def stop(self) -> None:
         """Called on shutdown: write what is queued (bounded wait), then report not ready."""
         self.ready = False
+        if self.decoder is not None:
+            self.decoder.stop()
         if self.store is not None:
             self.store.close()
 
@@ -118,21 +134,21 @@ class ClassifierModel(Model):
             {"name": "classes", "datatype": "BYTES", "shape": [classes]},
         ]
 
-    def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
-        """Parse the request into a :class:`Batch` (KServe calls this before ``predict``)."""
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        """Parse the request into a :class:`Batch` and decode its images (KServe calls this
+        before ``predict``)."""
         started = time.perf_counter()
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
         try:
-            assert self.limits is not None, "preprocess before load"
+            assert self.limits is not None and self.decoder is not None, "preprocess before load"
             batch = (
                 parse_v2(payload, self.limits)
                 if protocol == "v2"
                 else parse_v1(payload, self.limits)
             )
+            await self.decoder.decode(batch)
         except BadInput as exc:
-            self.metrics.bad_inputs.labels(self.name, exc.reason).inc()
-            self.metrics.requests.labels(self.name, protocol, "bad_input").inc()
-            raise InvalidInput(str(exc)) from None
+            raise RefusedInput(exc.reason, str(exc)) from None
         except Exception as exc:
             raise self._internal_error(exc, protocol, headers, None) from None
         batch.started = started

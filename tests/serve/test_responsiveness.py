@@ -1,0 +1,91 @@
+"""Large images do not stall the server: health answers while they decode, and a request is
+refused when its images together hold more pixels than the per-request budget.
+
+A real server (``python -m ml_tasks.serve``, storing off, the default limits: 16,777,216 pixels
+per image and per request) on a model trained and registered in the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import statistics
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from ml_tasks.images import encode_png
+from tests.serve.conftest import MODEL_NAME, RegisteredModel, Server, model_server
+
+V1 = f"/v1/models/{MODEL_NAME}:predict"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, registered: RegisteredModel
+) -> Iterator[Server]:
+    with model_server(
+        tmp_path_factory.mktemp("large"), registered, "--sample-rate", "0"
+    ) as running:
+        yield running
+
+
+def _blank_png(side: int) -> str:
+    """A PNG of side x side black pixels: a few kB that decode to ``side**2`` pixels."""
+    return base64.b64encode(encode_png(np.zeros((side, side), dtype=np.uint8))).decode()
+
+
+def _health_ms(server: Server, path: str) -> float:
+    began = time.perf_counter()
+    with urllib.request.urlopen(server.url + path, timeout=30) as response:
+        assert response.status == 200
+    return 1000 * (time.perf_counter() - began)
+
+
+def test_health_answers_within_100_ms_while_large_requests_decode(server: Server) -> None:
+    # 16 images of 1000 x 1000 (16 million pixels, within the budget): tens of ms each to decode.
+    body = {"instances": [{"b64": _blank_png(1000)}] * 16}
+    statuses: list[int] = []
+
+    def client() -> None:
+        for _ in range(3):
+            statuses.append(server.post(V1, body)[0])
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    time.sleep(0.3)  # the requests are read and decoding
+    latencies: list[float] = []
+    while any(thread.is_alive() for thread in clients):
+        for path in ("/v2/health/ready", "/v2/health/live"):
+            latencies.append(_health_ms(server, path))
+        time.sleep(0.02)
+    for thread in clients:
+        thread.join()
+    assert statuses == [200] * 12
+    assert latencies, "the large requests ended before health was probed"
+    ordered = sorted(latencies)
+    p95 = ordered[int(0.95 * (len(ordered) - 1))]
+    assert p95 <= 100, (
+        f"health p95 {p95:.0f} ms (median {statistics.median(ordered):.0f} ms, "
+        f"max {ordered[-1]:.0f} ms) over {len(ordered)} probes"
+    )
+    assert len(latencies) >= 10, "too few probes while the large requests ran to judge"
+
+
+def test_request_over_the_pixel_budget_is_refused_before_decoding(server: Server) -> None:
+    # 64 images of 4096 x 4096: each within the per-image limit, 1 billion pixels together
+    # (about 15 s of decoding), in a body of about 1 MB.
+    body = {"instances": [{"b64": _blank_png(4096)}] * 64}
+    began = time.perf_counter()
+    status, answer = server.post(V1, body)
+    took = time.perf_counter() - began
+    assert status == 400, answer
+    assert "over the limit of 16777216 per request" in answer["error"]
+    assert took < 2.0, f"refused after {took:.1f} s: it was decoded first"
+    assert _health_ms(server, "/v2/health/ready") < 1000
