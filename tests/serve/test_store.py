@@ -142,3 +142,47 @@ def test_model_failure_is_a_500_without_internals() -> None:
     with pytest.raises(InferenceError) as raised:
         asyncio.run(model.predict(batch, {"x-request-id": "abc"}))
     assert str(raised.value) == "internal error while predicting (request id abc)"
+
+
+def test_drop_events_carry_the_running_total(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_tasks import events
+
+    log = tmp_path / "events.jsonl"
+    monkeypatch.setattr(events._state, "path", log)  # what events.configure sets, undone after
+    store = IncomingStore((tmp_path / "lake").as_uri(), max_queue=1, event_interval=0.3)
+    png = encode_png(np.zeros((8, 8), dtype=np.uint8))
+    # The writer is not started: one image fits, every other one is dropped.
+    assert store.offer(item(png, "kept"))
+    for i in range(6):
+        assert not store.offer(item(png, f"a{i}"))
+    time.sleep(0.4)  # the next drop may be reported again
+    assert not store.offer(item(png, "b"))
+    logged = [e for e in events.read_events(log) if e["action"] == "incoming_dropped"]
+    assert [(e["dropped_since_last_event"], e["dropped_total"]) for e in logged] == [(1, 1), (6, 7)]
+
+
+def test_storing_adds_no_thread_to_the_serving_process(tmp_path: Path) -> None:
+    """A thread in the server (a multiprocessing.Queue's feeder) takes turns with the event loop
+    for the GIL on every hand-off: the loop itself hands the images over."""
+    import threading
+
+    store = IncomingStore((tmp_path / "lake").as_uri(), max_queue=10_000)
+    store.start()
+    stored = counter("flywheel_incoming_stored_total")
+    rng = np.random.default_rng(0)
+    pngs = [encode_png(rng.integers(0, 256, (8, 8), dtype=np.uint8)) for _ in range(64)]
+    threads = threading.active_count()
+
+    async def serve() -> int:
+        accepted = 0
+        for turn in range(40):  # 40 turns of the loop, 16 requests of one image each
+            accepted += sum(store.offer(item(pngs[i % 64], f"t{turn}-{i}")) for i in range(16))
+            assert threading.active_count() == threads
+            await asyncio.sleep(0)
+        return accepted
+
+    assert asyncio.run(serve()) == 640
+    assert store.close(timeout=60) == 0
+    assert counter("flywheel_incoming_stored_total") - stored == 640
