@@ -150,13 +150,11 @@ class IncomingStore:
     counts live in shared memory, exported on the server's ``/metrics`` by a collector
     registered in this process.
 
-    The request path pays for storing only an append per image: the images offered in one
-    turn of the event loop are pickled together and written, by the loop itself, to a
-    non-blocking pipe the writer reads (what does not fit waits for the pipe to drain, watched
-    by the loop). A ``multiprocessing.Queue`` would put a feeder thread in this process, and
-    every message would make the loop and that thread pass the GIL back and forth: profiled
-    under load, the feeder was busy a quarter of the time and every request's handling slowed
-    evenly. The bound counts images: those offered minus those the writer has finished.
+    The request path pays only an append per image: each loop turn's images are pickled
+    together and written by the loop itself to a non-blocking pipe (a remainder waits, watched
+    by the loop, for the writer to read). A ``multiprocessing.Queue`` would add a feeder thread
+    that takes the GIL from the loop at every hand-off. The bound counts images in flight:
+    offered minus finished by the writer.
     """
 
     def __init__(
