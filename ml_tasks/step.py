@@ -5,8 +5,11 @@ event log, records start and end, and writes the step's result as one small JSON
 ``--result-path``. Inside a pod that path defaults to ``/airflow/xcom/return.json``, where
 KubernetesPodOperator's XCom sidecar reads it; elsewhere the result is also printed last on
 stdout. Expected failures (:class:`StepError`: bad data, a failed check) end the process with
-exit code 3 and a clear message on stderr, which tells the orchestrator not to retry; usage
-errors exit 2 (argparse); a crash exits 1 and may be retried.
+exit code 3 and a clear message on stderr, which tells the orchestrator not to retry. A service
+the step needs that does not answer (:class:`InfrastructureError`: the MLflow server is down)
+exits 75, ``EX_TEMPFAIL`` in ``sysexits.h``: the same run may succeed later, so retry it; its
+``failed`` event and JSON result (``status: failed``, ``retry: true``) say what was unreachable.
+Usage errors exit 2 (argparse); a crash exits 1 and may be retried.
 """
 
 from __future__ import annotations
@@ -24,10 +27,25 @@ from ml_tasks import events
 
 POD_RESULT_PATH = Path("/airflow/xcom/return.json")
 EXIT_STEP_ERROR = 3
+EXIT_INFRASTRUCTURE = (
+    75  # sysexits.h EX_TEMPFAIL: "temporary failure; the user is invited to retry"
+)
 
 
 class StepError(Exception):
     """A failure the user can act on: bad data, a failed check, a missing model."""
+
+
+class InfrastructureError(Exception):
+    """A service the step needs did not answer: nothing is wrong with the input, retry later.
+
+    ``details`` (JSON-serialisable ids such as the unreachable URI) go into the ``failed`` event
+    and the step's result, so an orchestrator or a person sees what to check without a log dive.
+    """
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -69,6 +87,22 @@ def run_step(
         events.emit("failed", level="error", error=str(exc), **(context or {}))
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_STEP_ERROR
+    except InfrastructureError as exc:
+        seconds = round(time.monotonic() - started, 3)
+        failure = {
+            "status": "failed",
+            "retry": True,
+            "error": str(exc),
+            **exc.details,
+            "seconds": seconds,
+        }
+        events.emit("failed", level="error", **{**(context or {}), **failure})
+        # Written even though the step failed: the result is where an orchestrator (or the
+        # XCom sidecar) looks, and "what was unreachable" is what it needs to decide.
+        if result_path is not None:
+            write_json_atomic(result_path, failure)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INFRASTRUCTURE
     result.setdefault("status", "ok")
     seconds = round(time.monotonic() - started, 3)
     result["seconds"] = seconds

@@ -129,7 +129,14 @@ def train(
     import mlflow
     import mlflow.pytorch
 
-    from ml_tasks.tracking import lineage_tags, use_mlflow
+    from ml_tasks.tracking import (
+        TrackingUnavailable,
+        close_run_after_failure,
+        fail_abandoned_runs,
+        is_unreachable,
+        lineage_tags,
+        use_mlflow,
+    )
 
     hp = {
         **load_params(settings.params_path)["train"],
@@ -137,46 +144,72 @@ def train(
     }
     data = load_prepared(settings, dataset_version)
     experiment_id = use_mlflow(settings)
+    fail_abandoned_runs(settings, experiment_id, caller_run_id)
     tags = lineage_tags(settings, dataset_version, caller_run_id)
     if logical_date:
         tags["flywheel.logical_date"] = logical_date
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
-        mlflow.log_params(
-            {**hp, "dataset_version": dataset_version, "classes": ",".join(data.classes)}
-        )
-        mlflow.log_metrics(
-            {f"images_{s}": int((data.split == s).sum()) for s in ("train", "val", "test")}
-        )
-        lake = open_lake(settings.lake_uri)
-        if lake.exists(f"prepared/{dataset_version}/checks.json"):
-            report = json.loads(lake.read_bytes(f"prepared/{dataset_version}/checks.json"))
-            mlflow.log_dict(report, "data_checks.json")
-            mlflow.set_tag("flywheel.data_checks", "passed" if report.get("success") else "failed")
-        model, history = fit(
-            data,
-            hp,
-            progress=progress,
-            on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
-        )
-        info = log_classifier(model, data)
-        mlflow.set_tag("flywheel.model_uri", info.model_uri)
-        final = history[-1]
-        events.emit(
-            "trained",
-            mlflow_run_id=run.info.run_id,
-            dataset_version=dataset_version,
-            epochs=len(history),
-            val_accuracy=round(final["val_accuracy"], 4),
-        )
-        return {
-            "mlflow_run_id": run.info.run_id,
-            "model_uri": f"runs:/{run.info.run_id}/model",
-            "logged_model_uri": info.model_uri,
-            "dataset_version": dataset_version,
-            "params": hp,
-            "val_accuracy": final["val_accuracy"],
-            "val_loss": final["val_loss"],
-        }
+    # Not ``with start_run()``: on a failure its exit ends the run with a full retry budget
+    # per request; close_run_after_failure makes one quick attempt and keeps a record.
+    run_id = mlflow.start_run(experiment_id=experiment_id, tags=tags).info.run_id
+    try:
+        result = _train_in_run(settings, data, dataset_version, hp, run_id, progress=progress)
+        mlflow.end_run()
+    except BaseException as exc:
+        closed = close_run_after_failure(settings, run_id, exc)
+        if isinstance(exc, Exception) and is_unreachable(exc):
+            raise TrackingUnavailable(
+                settings.tracking_uri, exc, open_run=None if closed else run_id
+            ) from exc
+        raise
+    return result
+
+
+def _train_in_run(
+    settings: Settings,
+    data: PreparedData,
+    dataset_version: str,
+    hp: dict[str, Any],
+    run_id: str,
+    *,
+    progress: bool,
+) -> dict[str, Any]:
+    """Log params, data checks, per-epoch metrics and the model to the active MLflow run."""
+    import mlflow
+
+    mlflow.log_params({**hp, "dataset_version": dataset_version, "classes": ",".join(data.classes)})
+    mlflow.log_metrics(
+        {f"images_{s}": int((data.split == s).sum()) for s in ("train", "val", "test")}
+    )
+    lake = open_lake(settings.lake_uri)
+    if lake.exists(f"prepared/{dataset_version}/checks.json"):
+        report = json.loads(lake.read_bytes(f"prepared/{dataset_version}/checks.json"))
+        mlflow.log_dict(report, "data_checks.json")
+        mlflow.set_tag("flywheel.data_checks", "passed" if report.get("success") else "failed")
+    model, history = fit(
+        data,
+        hp,
+        progress=progress,
+        on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+    )
+    info = log_classifier(model, data)
+    mlflow.set_tag("flywheel.model_uri", info.model_uri)
+    final = history[-1]
+    events.emit(
+        "trained",
+        mlflow_run_id=run_id,
+        dataset_version=dataset_version,
+        epochs=len(history),
+        val_accuracy=round(final["val_accuracy"], 4),
+    )
+    return {
+        "mlflow_run_id": run_id,
+        "model_uri": f"runs:/{run_id}/model",
+        "logged_model_uri": info.model_uri,
+        "dataset_version": dataset_version,
+        "params": hp,
+        "val_accuracy": final["val_accuracy"],
+        "val_loss": final["val_loss"],
+    }
 
 
 def log_classifier(model: Any, data: PreparedData, registered_model_name: str | None = None) -> Any:
@@ -267,9 +300,14 @@ def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ml_tasks.tracking import RetryBudget
+
     parser = argparse.ArgumentParser(
         prog="python -m ml_tasks.train",
         description="Train the CNN on a prepared dataset version; log the run and model to MLflow.",
+        epilog="Exit codes: 0 done, 2 usage, 3 bad input (do not retry), 75 the MLflow tracking "
+        f"server did not answer (retry later). MLflow retries each request: "
+        f"{RetryBudget.from_env().describe()}; set those variables to change it.",
     )
     parser.add_argument(
         "--dataset-version", help="the prepared version to train on (default: the work tree's)"
@@ -286,16 +324,21 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if overrides["learning_rate"] is not None and overrides["learning_rate"] <= 0:
         parser.error("--learning-rate must be positive")
+    from ml_tasks.tracking import call_tracked
+
     settings = load_settings()
     return run_step(
         "train",
-        lambda: train(
+        lambda: call_tracked(
             settings,
-            resolve_dataset_version(args.dataset_version),
-            overrides,
-            caller_run_id=args.caller_run_id,
-            logical_date=args.logical_date,
-            progress=not args.no_progress,
+            lambda: train(
+                settings,
+                resolve_dataset_version(args.dataset_version),
+                overrides,
+                caller_run_id=args.caller_run_id,
+                logical_date=args.logical_date,
+                progress=not args.no_progress,
+            ),
         ),
         result_path=args.result_path,
         context={"dataset_version": args.dataset_version},

@@ -26,9 +26,12 @@ def steps_python() -> str:
 
 
 @contextmanager
-def mlflow_server(workdir: Path) -> Iterator[str]:
-    """An MLflow tracking server (SQLite backend, served artifacts); yields its URL."""
-    port = free_port()
+def mlflow_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    """An MLflow tracking server (SQLite backend, served artifacts); yields its URL.
+
+    Give the ``port`` of one stopped earlier, with the same ``workdir``, to bring it back.
+    """
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     with running_server(

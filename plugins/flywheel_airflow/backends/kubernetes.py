@@ -15,7 +15,8 @@ the ``local`` backend runs (``python -m ml_tasks.<step> ARGS``), hardened for a 
   the XCom sidecar hands back as the task's XCom (``do_xcom_push=True``).
 
 :func:`run_in_pod` runs it; a pod whose step exited 3 (bad input) fails the task without retry,
-as on the local backend. The ``deploy promote`` step is special: the InferenceService is applied
+and one that exited 75 (a service such as MLflow did not answer) fails this try only, as on the
+local backend. The ``deploy promote`` step is special: the InferenceService is applied
 first, the task defers to :class:`InferenceServiceReadyTrigger` (no worker slot held while
 KServe rolls out), and ``champion`` moves (the promote step, in a pod) only once it is Ready;
 otherwise the previous InferenceService is restored and the task fails.
@@ -31,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-EXIT_STEP_ERROR = 3
+EXIT_STEP_ERROR = 3  # bad input: fail, do not retry
+EXIT_INFRASTRUCTURE = 75  # a service did not answer (EX_TEMPFAIL): fail this try, retry
 RUN_AS = 1000
 STEP_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     "train": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
@@ -156,7 +158,8 @@ def build_step_pod(
         labels={"app.kubernetes.io/part-of": "flywheel", "flywheel.io/step": step},
         do_xcom_push=True,
         get_logs=True,
-        # Keep failed pods: their exit code tells bad input (3, no retry) from a crash.
+        # Keep failed pods: their exit code tells bad input (3, no retry) from a service that
+        # did not answer (75, retry) and from a crash.
         on_finish_action="delete_succeeded_pod",
         kubernetes_conn_id=s.kubernetes_conn_id,
         startup_timeout_seconds=600,
@@ -188,8 +191,14 @@ def run_in_pod(op: Any, context: Any) -> Any:
     try:
         return kpo.execute(context)
     except AirflowException as exc:
-        if _step_exit_code(kpo) == EXIT_STEP_ERROR:
+        code = _step_exit_code(kpo)
+        if code == EXIT_STEP_ERROR:
             raise AirflowFailException(f"step {op.step} refused its input: {exc}") from exc
+        if code == EXIT_INFRASTRUCTURE:
+            raise AirflowException(
+                f"step {op.step} could not reach a service it needs (its log says which); a "
+                f"retry may succeed: {exc}"
+            ) from exc
         raise
 
 

@@ -16,7 +16,9 @@ An argument that renders to an empty string is dropped, so a DAG can write an op
 one templated argument (``"{{ '--epochs=%d' % params.epochs if params.epochs else '' }}"``).
 
 The step's JSON result is the task's XCom. A step that exits 3 failed on its input (a data
-check, a missing dataset): the task fails without retrying, since a retry cannot fix data.
+check, a missing dataset): the task fails without retrying, since a retry cannot fix data. A
+step that exits 75 could not reach a service it needs (the MLflow server): the task fails with
+the step's one-paragraph error and is retried (the DAG's ``retries``), since a retry can.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-EXIT_STEP_ERROR = 3  # ml_tasks.step.EXIT_STEP_ERROR; not imported, to keep DAG parsing light
+# ml_tasks.step's exit codes; not imported, to keep DAG parsing light.
+EXIT_STEP_ERROR = 3  # bad input: fail, do not retry
+EXIT_INFRASTRUCTURE = 75  # a service did not answer (EX_TEMPFAIL): fail this try, retry
 
 
 def steps_python() -> str:
@@ -138,9 +142,14 @@ class StepOperator(BaseOperator):
                     line = line.rstrip("\n")
                     self.log.info("%s", line)
                     tail = [*tail[-19:], line]
+            message = "\n".join(ln for ln in tail if not ln.startswith("{"))
             if proc.returncode == EXIT_STEP_ERROR:
-                message = "\n".join(ln for ln in tail if not ln.startswith("{"))
                 raise AirflowFailException(f"step {self.step} refused its input:\n{message}")
+            if proc.returncode == EXIT_INFRASTRUCTURE:
+                raise AirflowException(
+                    f"step {self.step} could not reach a service it needs; a retry may "
+                    f"succeed:\n{message}"
+                )
             if proc.returncode != 0:
                 raise AirflowException(f"step {self.step} exited with {proc.returncode}")
             return json.loads(result_path.read_text())
