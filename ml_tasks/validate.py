@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import numpy as np
 
 from ml_tasks import events
 from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.step import StepError, add_result_option, run_step
+from ml_tasks.step import StepError, add_result_option, resolve_dataset_version, run_step
+from ml_tasks.tracking import call_tracked
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -111,10 +113,14 @@ def find_incumbent(client: Any, name: str) -> tuple[str, Any] | None:
     """The model to beat: the champion, else the pending challenger, else none."""
     from mlflow.exceptions import MlflowException
 
+    from ml_tasks.tracking import is_unreachable
+
     for alias in (CHAMPION, CHALLENGER):
         try:
             return alias, client.get_model_version_by_alias(name, alias)
-        except MlflowException:
+        except MlflowException as exc:
+            if is_unreachable(exc):  # no answer is not "no such alias"
+                raise
             continue
     return None
 
@@ -146,8 +152,8 @@ def validate(
     min_improvement: float | None = None,
     evaluate_only: bool = False,
 ) -> dict[str, Any]:
-    import mlflow
     from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
 
     from ml_tasks.model import load_classifier
     from ml_tasks.tracking import lineage_tags, use_mlflow
@@ -194,38 +200,40 @@ def validate(
     should_register = better and not evaluate_only
     if evaluate_only:
         reason = f"evaluation only, nothing registered ({reason})"
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(
-            {"test_accuracy": new_metrics["accuracy"], "test_macro_f1": new_metrics["macro_f1"]}
-        )
-        for cls, m in new_metrics["per_class"].items():
-            mlflow.log_metrics(
-                {
-                    f"test_f1_class_{cls}": m["f1"],
-                    f"test_recall_class_{cls}": m["recall"],
-                    f"test_precision_class_{cls}": m["precision"],
-                }
-            )
-        if incumbent:
-            mlflow.log_metrics(
-                {
-                    "incumbent_test_accuracy": incumbent["metrics"]["accuracy"],
-                    "incumbent_test_macro_f1": incumbent["metrics"]["macro_f1"],
-                }
-            )
-        import matplotlib.pyplot as plt
+    # Logged through the client, not by reopening the run: ``start_run(run_id)`` would mark
+    # the trained run RUNNING again, and FAILED (after a full retry budget) on any error here.
+    metrics = {"test_accuracy": new_metrics["accuracy"], "test_macro_f1": new_metrics["macro_f1"]}
+    for cls, m in new_metrics["per_class"].items():
+        metrics |= {
+            f"test_f1_class_{cls}": m["f1"],
+            f"test_recall_class_{cls}": m["recall"],
+            f"test_precision_class_{cls}": m["precision"],
+        }
+    if incumbent:
+        metrics |= {
+            "incumbent_test_accuracy": incumbent["metrics"]["accuracy"],
+            "incumbent_test_macro_f1": incumbent["metrics"]["macro_f1"],
+        }
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+        tags=[
+            RunTag("flywheel.decision", "register" if better else "skip"),
+            RunTag("flywheel.evaluate_only", str(evaluate_only).lower()),
+            RunTag("flywheel.decision_reason", reason),
+        ],
+    )
+    import matplotlib.pyplot as plt
 
-        fig = confusion_figure(
-            new_metrics["confusion_matrix"],
-            data.classes,
-            f"test split, accuracy {new_metrics['accuracy']:.3f}",
-        )
-        mlflow.log_figure(fig, "confusion_matrix.png")
-        plt.close(fig)
-        mlflow.log_dict(new_metrics, "test_metrics.json")
-        mlflow.set_tag("flywheel.decision", "register" if better else "skip")
-        mlflow.set_tag("flywheel.evaluate_only", str(evaluate_only).lower())
-        mlflow.set_tag("flywheel.decision_reason", reason)
+    fig = confusion_figure(
+        new_metrics["confusion_matrix"],
+        data.classes,
+        f"test split, accuracy {new_metrics['accuracy']:.3f}",
+    )
+    client.log_figure(run_id, fig, "confusion_matrix.png")
+    plt.close(fig)
+    client.log_dict(run_id, new_metrics, "test_metrics.json")
 
     version = None
     if should_register:
@@ -282,11 +290,21 @@ def validate(
     }
 
 
-def run_id_from(train_result: Path) -> str:
+def read_train_result(train_result: Path) -> tuple[str, str | None]:
+    """The MLflow run id and dataset version a train step's JSON result names."""
     try:
-        return str(json.loads(train_result.read_text())["mlflow_run_id"])
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
-        raise StepError(f"cannot read the run id from {train_result}: {exc}") from exc
+        result = json.loads(train_result.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StepError(
+            f"cannot read {train_result} (the train step's --result-path): {exc}"
+        ) from exc
+    if not isinstance(result, dict) or result.get("status", "ok") != "ok":
+        error = result.get("error") if isinstance(result, dict) else None
+        raise StepError(f"{train_result} is not a finished training: {error or result!r}")
+    if not result.get("mlflow_run_id"):
+        raise StepError(f"{train_result} names no mlflow_run_id: is it the train step's result?")
+    version = result.get("dataset_version")
+    return str(result["mlflow_run_id"]), str(version) if version else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,14 +312,21 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ml_tasks.validate",
         description="Evaluate a trained run against the champion on the test split; register it "
         "as challenger only if it is better.",
+        epilog="Exit codes: 0 done (registered or not: see the result's decision), 2 usage, 3 bad "
+        "input (do not retry), 75 the MLflow tracking server did not answer (retry later; "
+        "`python -m ml_tasks.train --help` states how long MLflow retries).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run-id", help="the MLflow run of the trained model")
     source.add_argument(
-        "--train-result", type=Path, help="the train step's JSON result (holds the run id)"
+        "--train-result",
+        type=Path,
+        help="the train step's JSON result (holds the run id and the dataset version)",
     )
     parser.add_argument(
-        "--dataset-version", help="the prepared version to test on (default: the work tree's)"
+        "--dataset-version",
+        help="the prepared version to test on (default: the one --train-result names, else the "
+        "one data/images.dvc records in the work tree)",
     )
     parser.add_argument(
         "--force-register",
@@ -322,17 +347,24 @@ def main(argv: list[str] | None = None) -> int:
     add_result_option(parser)
     args = parser.parse_args(argv)
     settings = load_settings()
-    return run_step(
-        "validate",
-        lambda: validate(
+
+    def body() -> dict[str, Any]:
+        run_id, trained_on = args.run_id, None
+        if args.train_result is not None:
+            run_id, trained_on = read_train_result(args.train_result)
+        return validate(
             settings,
-            args.run_id,
-            args.dataset_version,
+            run_id,
+            resolve_dataset_version(args.dataset_version or trained_on),
             force=args.force_register,
             caller_run_id=args.caller_run_id,
             min_improvement=args.min_improvement,
             evaluate_only=args.evaluate_only,
-        ),
+        )
+
+    return run_step(
+        "validate",
+        lambda: call_tracked(settings, body),
         result_path=args.result_path,
         context={"dataset_version": args.dataset_version, "mlflow_run_id": args.run_id},
     )
