@@ -13,6 +13,10 @@ Runs after the approval gate, as ``python -m ml_tasks.deploy <command>``:
   removes the ``challenger`` alias from N, so the next candidate is compared with the champion.
 - ``rollback --model-version N``: moves ``champion`` back to N's recorded previous champion.
 - ``render --model-version N``: prints the validated manifest (what would be applied).
+- ``finish``: deploys what an approval left undone. A version the approval gate approved
+  (its ``gate_decided`` event) that is still the ``challenger`` was never deployed: the deploy
+  task failed or the run stopped in between. ``finish`` promotes it for the approver, stamped
+  with the approving run's id (``deploy_resumed`` event); ``make demo`` runs it first.
 
 Every alias move and decision is an event (``python -m ml_tasks.audit --model-version N``).
 Repeating a command is safe: a retry finds the alias already moved and changes nothing.
@@ -28,6 +32,7 @@ from typing import Any
 from ml_tasks import events
 from ml_tasks.config import Settings, load_settings
 from ml_tasks.step import StepError, add_result_option, run_step
+from ml_tasks.tracking import call_tracked
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_PREVIOUS = "flywheel.previous_champion"
@@ -73,18 +78,26 @@ def _client(settings: Settings) -> Any:
 def alias_version(client: Any, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
+    from ml_tasks.tracking import is_unreachable
+
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
+    except MlflowException as exc:
+        if is_unreachable(exc):  # no answer is not "no such alias"
+            raise
         return None
 
 
 def _model_version(client: Any, name: str, version: str) -> Any:
     from mlflow.exceptions import MlflowException
 
+    from ml_tasks.tracking import is_unreachable
+
     try:
         return client.get_model_version(name, version)
     except MlflowException as exc:
+        if is_unreachable(exc):
+            raise
         raise StepError(f"model {name} has no version {version}") from exc
 
 
@@ -151,6 +164,7 @@ def promote(
         dataset_version=dataset_version,
         who=approved_by,
         backend=settings.backend,
+        caller_run_id=caller_run_id,
     )
     return {
         "model_name": name,
@@ -236,6 +250,86 @@ def rollback(settings: Settings, model_version: str, *, who: str) -> dict[str, A
     }
 
 
+def undone_deploys(settings: Settings, client: Any) -> list[dict[str, Any]]:
+    """Approved versions whose deploy never finished (at most one: the pending challenger).
+
+    ``promote`` removes ``challenger`` from the version it deploys and ``reject`` from the one
+    it rejects, so a challenger whose last approval answer was Approve was left undone. The
+    answer is in the event log (the gate writes it before deploy runs); the registration
+    event of the same DAG run must name the challenger's MLflow run, so an approval recorded
+    against another registry's version N is never taken for this one's.
+    """
+    from ml_tasks.events import read_events
+
+    name = settings.model_name
+    challenger = alias_version(client, name, CHALLENGER)
+    if challenger is None or challenger == alias_version(client, name, CHAMPION):
+        return []
+    logged = read_events(settings.log_path)
+    answers = [
+        e
+        for e in logged
+        if e.get("action") == "gate_decided"
+        and e.get("gate") == "approval"
+        and str(e.get("model_version")) == challenger
+    ]
+    if not answers or answers[-1].get("decision") != "approve":
+        return []
+    approval = answers[-1]
+    run_id = client.get_model_version(name, challenger).run_id
+    registered_in_run = any(
+        e.get("action") == "registration_decided"
+        and e.get("run_id") == approval.get("run_id")
+        and e.get("mlflow_run_id") == run_id
+        for e in logged
+    )
+    if not registered_in_run:
+        return []
+    return [
+        {
+            "model_version": challenger,
+            "approved_by": str(approval.get("who")),
+            "approved_in_run": approval.get("run_id"),
+            "approved_at": approval.get("ts"),
+        }
+    ]
+
+
+def finish(settings: Settings, *, who: str) -> dict[str, Any]:
+    """Promote each approved version whose deploy did not finish (see :func:`undone_deploys`)."""
+    client = _client(settings)
+    undone = undone_deploys(settings, client)
+    if undone and settings.backend == "kubernetes":
+        item = undone[0]
+        raise StepError(
+            f"{settings.model_name} v{item['model_version']} was approved by "
+            f"{item['approved_by']} in DAG run {item['approved_in_run']} but never deployed. On "
+            "kubernetes the deploy applies the InferenceService and waits for Ready before "
+            "moving champion, which this command cannot do: clear the `deploy` task of that "
+            "DAG run in Airflow (Grid view → deploy → Clear) to run it again."
+        )
+    finished = []
+    for item in undone:
+        events.emit(
+            "deploy_resumed",
+            model_version=item["model_version"],
+            approved_by=item["approved_by"],
+            caller_run_id=item["approved_in_run"],
+            who=who,
+            reason=f"approved in {item['approved_in_run']} at {item['approved_at']}; "
+            "its deploy did not finish",
+        )
+        finished.append(
+            promote(
+                settings,
+                item["model_version"],
+                approved_by=item["approved_by"],
+                caller_run_id=item["approved_in_run"],
+            )
+        )
+    return {"model_name": settings.model_name, "finished": finished}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ml_tasks.deploy", description=__doc__.split("\n\n")[0]
@@ -247,6 +341,14 @@ def main(argv: list[str] | None = None) -> int:
         "rollback": sub.add_parser("rollback", help="restore the champion a version replaced"),
         "render": sub.add_parser("render", help="print the validated InferenceService"),
     }
+    finish_parser = sub.add_parser(
+        "finish",
+        help="deploy an approved version whose deploy did not finish (still the challenger)",
+    )
+    finish_parser.add_argument(
+        "--who", default="deploy finish", help="who finishes it (the approver stays on record)"
+    )
+    add_result_option(finish_parser)
     for command in commands.values():
         command.add_argument("--model-version", required=True)
     commands["promote"].add_argument("--approved-by", required=True, help="who approved")
@@ -264,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("promote", "reject", "rollback"):
         add_result_option(commands[name])
     args = parser.parse_args(argv)
-    if args.model_version in ("", "None"):
+    if getattr(args, "model_version", None) in ("", "None"):
         parser.error("--model-version is empty: nothing was registered")
     settings = load_settings()
     if args.command == "render":
@@ -292,12 +394,13 @@ def main(argv: list[str] | None = None) -> int:
             caller_run_id=args.caller_run_id,
         ),
         "rollback": lambda: rollback(settings, args.model_version, who=args.who),
+        "finish": lambda: finish(settings, who=args.who),
     }
     return run_step(
         "deploy",
-        bodies[args.command],
+        lambda: call_tracked(settings, bodies[args.command]),
         result_path=args.result_path,
-        context={"model_version": args.model_version},
+        context={"model_version": getattr(args, "model_version", None)},
     )
 
 

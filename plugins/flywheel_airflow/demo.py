@@ -5,7 +5,8 @@
 1. an Airflow home under the state folder (``.flywheel/airflow``: SQLite, no examples, this
    repository's ``dags/`` and ``plugins/``, the simple auth manager with a named approver);
 2. ``airflow db migrate``; the dataset materialized (``python -m ml_tasks.dataset materialize``
-   with the steps interpreter);
+   with the steps interpreter); a deploy an earlier run approved but did not finish is
+   finished (``python -m ml_tasks.deploy finish``), so a re-run picks up where it stopped;
 3. ``airflow api-server`` on a free loopback port, then ``airflow dags test training`` (through
    :mod:`flywheel_airflow.cli`: the same command, the collector tuned for a short process);
 4. when the run parks at ``await_approval``, the approver answers through the REST API, exactly
@@ -263,6 +264,29 @@ class AirflowApi:
         return found
 
 
+FINISH_COMMAND = ".venvs/steps/bin/python -m ml_tasks.deploy finish"
+
+
+def finish_undone_deploys(env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Deploy what an earlier approved run left undone; returns the promote results.
+
+    Without this a failed deploy is never retried: the approved version stays ``challenger``,
+    and the next run's model, compared with it, is rarely better, so nothing asks again.
+    """
+    done = subprocess.run(
+        [env["FLYWHEEL_STEPS_PYTHON"], "-m", "ml_tasks.deploy", "finish", "--who", "demo"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"finishing an approved deploy failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+        )
+    finished: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])["finished"]
+    return finished
+
+
 def run_demo(*, answer: str = "Approve", conf: dict[str, Any] | None = None) -> int:
     from ml_tasks.config import load_settings
 
@@ -283,6 +307,17 @@ def run_demo(*, answer: str = "Approve", conf: dict[str, Any] | None = None) -> 
         print(done.stderr, file=sys.stderr)
         return 1
     print(f"dataset: {json.loads(done.stdout)}", flush=True)
+    try:
+        finished = finish_undone_deploys(env)
+    except RuntimeError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    for item in finished:
+        print(
+            f"finished the deploy of v{item['model_version']} approved by {item['approved_by']} "
+            "in an earlier run (its deploy had not finished): it is now champion",
+            flush=True,
+        )
     with api_server(env, airflow_home / "logs" / "api-server.log") as url:
         # The note the gates write (register-if-better's reason) goes through the same API.
         env.update(api_connection(url, APPROVER, passwords[APPROVER]))
@@ -326,6 +361,12 @@ def run_demo(*, answer: str = "Approve", conf: dict[str, Any] | None = None) -> 
         print(
             f"demo failed: airflow dags test exited {code}; tasks not green: {bad}", file=sys.stderr
         )
+        if bad.get("deploy") is not None:
+            print(
+                "the approved version stays challenger until it is deployed: `make demo` again "
+                f"finishes it first, or run `{FINISH_COMMAND}`",
+                file=sys.stderr,
+            )
         return 1
     return 0
 
