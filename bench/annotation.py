@@ -46,7 +46,8 @@ REQUESTS: Counter[str] = Counter()  # S3 calls of the warm run, by operation
 BUCKET = "bench-lake"
 
 
-def train_champion(model_name: str) -> str:
+def train_champion(model_name: str, artifacts: Path) -> str:
+    import mlflow
     import numpy as np
 
     from ml_tasks.train import PreparedData, fit_and_register
@@ -59,7 +60,14 @@ def train_champion(model_name: str) -> str:
     split = np.where(np.arange(400) % 7 == 0, "val", "train")
     data = PreparedData(x, y.astype(np.int64), split, [str(c) for c in range(10)])
     hp = {"epochs": 3, "batch_size": 64, "learning_rate": 0.01, "weight_decay": 0.0}
-    version, _ = fit_and_register(data, {**hp, "channels": 4, "hidden": 16, "seed": 0}, model_name)
+    # An experiment of its own: the default one keeps artifacts in ./mlruns, in the checkout.
+    experiment = mlflow.create_experiment("bench-annotation", artifact_location=artifacts.as_uri())
+    version, _ = fit_and_register(
+        data,
+        {**hp, "channels": 4, "hidden": 16, "seed": 0},
+        model_name,
+        experiment_id=experiment,
+    )
     return version
 
 
@@ -240,7 +248,7 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
             import mlflow
 
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-            train_champion("bench-digits")
+            train_champion("bench-digits", root / "mlartifacts")
             lss.wait_until_up(server.url, 300)
             put_incoming(s3, count, seed=1)
             steps_seconds = run_steps("bench-steps", count)

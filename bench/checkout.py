@@ -3,9 +3,10 @@
 ``make bench`` fingerprints every file of the checkout (tracked or ignored, ``.dvc/config.local``
 included) before and after, and fails naming each file that changed. Left out: the
 environments (``.venvs/``), the state folder (``.flywheel/``), Python's bytecode caches and
-``.git/`` (whose index git refreshes on a read); git's refs and HEAD are compared instead, so a
-commit or a new branch is caught. A benchmark that needs the repository's dataset (DVC, git)
-works on :func:`repository_copy`, never on the checkout.
+``.git/`` (whose index git refreshes on a read); the checked-out branch and commit are
+compared instead, so a commit is caught (other refs are left out: in a repository with several
+work trees, another one's commits move them). A benchmark that needs the repository's dataset
+(DVC, git) works on :func:`repository_copy`, never on the checkout.
 """
 
 from __future__ import annotations
@@ -49,14 +50,11 @@ def fingerprint(root: Path = REPO) -> dict[str, str]:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
             found[str(rel_folder / name)] = digest.hexdigest()
-    git = subprocess.run(
-        ["git", "for-each-ref", "--format=%(refname) %(objectname)"],
-        cwd=root,
-        capture_output=True,
-        text=True,
+    branch = subprocess.run(
+        ["git", "symbolic-ref", "-q", "HEAD"], cwd=root, capture_output=True, text=True
     )
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    found["<git refs>"] = git.stdout + head.stdout
+    found["<git HEAD>"] = branch.stdout + head.stdout
     return found
 
 

@@ -30,4 +30,4 @@ def test_a_changed_ignored_file_a_new_file_and_a_commit_are_all_named(tmp_path: 
         cwd=tmp_path,
         check=True,
     )
-    assert "changed <git refs>" in changes(before, fingerprint(tmp_path))
+    assert "changed <git HEAD>" in changes(before, fingerprint(tmp_path))
