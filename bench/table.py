@@ -53,8 +53,23 @@ def render(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def report(rows: list[Row], as_json: bool = False) -> int:
-    """Print the rows (JSON is how ``python -m bench`` collects them from another environment);
-    the exit code is 1 when a target was missed."""
+def missed(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r["ok"] is False]
+
+
+def exit_code(rows: list[Row], strict: bool) -> int:
+    """A benchmark that ran and printed its table succeeded; a missed target is a finding that
+    the table shows (and that fails the run only when ``strict``, e.g. to gate a change)."""
+    if not rows:
+        return 1
+    return 1 if strict and missed(rows) else 0
+
+
+def report(rows: list[Row], as_json: bool = False, strict: bool = False) -> int:
+    """Print the rows (JSON is how ``python -m bench`` collects them from another environment)
+    and the missed targets; the exit code follows :func:`exit_code`."""
     print(json.dumps(rows) if as_json else render(rows))
-    return 0 if all(r["ok"] is not False for r in rows) else 1
+    if not as_json and (misses := missed(rows)):
+        names = ", ".join(f"{r['benchmark']}: {r['measure']}" for r in misses)
+        print(f"missed targets ({len(misses)}): {names}")
+    return exit_code(rows, strict)
