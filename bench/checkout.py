@@ -2,11 +2,12 @@
 
 ``make bench`` fingerprints every file of the checkout (tracked or ignored, ``.dvc/config.local``
 included) before and after, and fails naming each file that changed. Left out: the
-environments (``.venvs/``), the state folder (``.flywheel/``), Python's bytecode caches and
-``.git/`` (whose index git refreshes on a read); the checked-out branch and commit are
-compared instead, so a commit is caught (other refs are left out: in a repository with several
-work trees, another one's commits move them). A benchmark that needs the repository's dataset
-(DVC, git) works on :func:`repository_copy`, never on the checkout.
+environments (``.venvs/``), the state folder (``.flywheel/``), the tools' caches (bytecode,
+``.mypy_cache/``, ``.ruff_cache/``, ``.pytest_cache/``: a lint running beside the benchmarks
+rewrites them) and ``.git/`` (whose index git refreshes on a read); the checked-out branch and
+commit are compared instead, so a commit is caught (other refs are left out: in a repository
+with several work trees, another one's commits move them). A benchmark that needs the
+repository's dataset (DVC, git) works on :func:`repository_copy`, never on the checkout.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SKIPPED_DIRS = {".venvs", ".flywheel", ".git", "__pycache__"}
+SKIPPED_DIRS = {
+    ".venvs",
+    ".flywheel",
+    ".git",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+}
 # What a fresh clone has that the dataset steps read: params, DVC's set-up, the version files.
 DATASET_FILES = [
     "params.yaml",
@@ -46,9 +55,12 @@ def fingerprint(root: Path = REPO) -> dict[str, str]:
                 found[str(rel_folder / name)] = f"link:{os.readlink(path)}"
                 continue
             digest = hashlib.sha256()
-            with path.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+            try:
+                with path.open("rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            except FileNotFoundError:  # removed while we listed: it is not there, as recorded
+                continue
             found[str(rel_folder / name)] = digest.hexdigest()
     branch = subprocess.run(
         ["git", "symbolic-ref", "-q", "HEAD"], cwd=root, capture_output=True, text=True
