@@ -80,6 +80,32 @@ class PodSettings:
     kubernetes_conn_id: str = field(
         default_factory=lambda: _env("FLYWHEEL_KUBERNETES_CONN_ID", "kubernetes_default")
     )
+    # The XCom sidecar only needs a shell: the steps image (from the registry, already on the
+    # node for the step) rather than the provider's default, alpine from Docker Hub.
+    xcom_sidecar_image: str = field(default_factory=lambda: _env("FLYWHEEL_XCOM_SIDECAR_IMAGE", ""))
+    label_studio_secret: str = field(
+        default_factory=lambda: _env("FLYWHEEL_LABEL_STUDIO_SECRET", "label-studio-admin")
+    )
+    git_secret: str = field(default_factory=lambda: _env("FLYWHEEL_GIT_SECRET", "flywheel-git"))
+
+
+def step_secrets(step: str, s: PodSettings) -> tuple[list[Any], list[Any]]:
+    """The credentials a step needs besides MLflow and S3, as (env, envFrom) from Secrets:
+    the Label Studio token for the steps that call Label Studio, and the git login, token and
+    URL (FLYWHEEL_GIT_USER, FLYWHEEL_GIT_TOKEN, FLYWHEEL_GIT_URL) for ingest, which commits and
+    pushes dataset versions. The local backend gets the same names from Airflow Connections."""
+    from kubernetes.client import models as k8s
+
+    if step == "annotation.tasks":
+        token = k8s.V1SecretKeySelector(name=s.label_studio_secret, key="token")
+        return [
+            k8s.V1EnvVar(
+                name="LABEL_STUDIO_API_KEY", value_from=k8s.V1EnvVarSource(secret_key_ref=token)
+            )
+        ], []
+    if step == "annotation.ingest":
+        return [], [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=s.git_secret))]
+    return [], []
 
 
 def pod_env(context: Any) -> dict[str, str]:
@@ -112,6 +138,7 @@ def build_step_pod(
 
     s = settings or PodSettings()
     resources = STEP_RESOURCES.get(step, DEFAULT_RESOURCES)
+    secret_env, secret_env_from = step_secrets(step, s)
     no_privileges = {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS,
@@ -121,7 +148,7 @@ def build_step_pod(
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    return KubernetesPodOperator(
+    operator = KubernetesPodOperator(
         task_id=task_id or f"{step}_pod",
         name=f"flywheel-{step.replace('_', '-')}",
         namespace=s.namespace,
@@ -132,13 +159,17 @@ def build_step_pod(
         automount_service_account_token=False,
         cmds=["python"],
         arguments=step_command(step, arguments),
-        env_vars=pod_env(context),
+        env_vars=[
+            *(k8s.V1EnvVar(name=k, value=v) for k, v in pod_env(context).items()),
+            *secret_env,
+        ],
         env_from=[
             k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=s.config_map)),
             *[
                 k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name))
                 for name in s.secrets
             ],
+            *secret_env_from,
         ],
         container_resources=k8s.V1ResourceRequirements(
             requests=resources["requests"], limits=resources["limits"]
@@ -164,6 +195,20 @@ def build_step_pod(
         kubernetes_conn_id=s.kubernetes_conn_id,
         startup_timeout_seconds=600,
     )
+    sidecar_image = s.xcom_sidecar_image or s.image
+    build_pod = operator.build_pod_request_obj
+
+    def build_pod_with_our_sidecar(context: Any = None, **kwargs: Any) -> Any:
+        pod = build_pod(context, **kwargs)
+        for container in pod.spec.containers:
+            if container.name == "airflow-xcom-sidecar":
+                container.image = sidecar_image
+        return pod
+
+    # The provider takes the sidecar image only from the Kubernetes connection's extra; the
+    # step's settings name it here instead, so it comes from the same registry as the step.
+    operator.build_pod_request_obj = build_pod_with_our_sidecar  # type: ignore[method-assign]
+    return operator
 
 
 def _step_exit_code(kpo: Any) -> int | None:
