@@ -15,7 +15,7 @@ PIP_VERSION := pip==26.3
 export FLYWHEEL_STEPS_PYTHON ?= $(STEPS_PY)
 
 .PHONY: help envs steps-env orchestrator-env label-studio-env demo chain test lint test-steps \
-	test-orchestrator stack-up stack-down bench lock clean
+	test-orchestrator test-images image-tools images push stack-up stack-down bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -59,7 +59,7 @@ demo: envs  ## run the main job on the embedded default: the training DAG under 
 lint: envs  ## ruff and mypy (the steps code in its environment, the Airflow code in its own)
 	$(STEPS)/bin/ruff check .
 	$(STEPS)/bin/ruff format --check .
-	$(STEPS)/bin/mypy ml_tasks
+	$(STEPS)/bin/mypy ml_tasks tools
 	$(STEPS)/bin/hadolint images/*/Dockerfile
 	$(ORCH)/bin/mypy plugins $(wildcard dags/*.py)
 
@@ -71,9 +71,23 @@ test-orchestrator: envs label-studio-env  ## the tests that run in the orchestra
 	$(ORCH_PY) -m pytest tests/dags tests/plugins
 	$(ORCH_PY) -m pytest tests/annotation
 
-test: lint test-steps test-orchestrator  ## lint and run every test
+# Built with buildah where no Docker daemon answers (tools/images.py); the Debian packages come
+# from image-tools. Both images run from copies pulled out of a local registry.
+test-images: envs image-tools  ## build, push, pull and run the steps and serve images as their pods run them
+	$(STEPS_PY) -m pytest tests/images
 
-stack-up: envs label-studio-env  ## start the local stack (S3, MLflow, Label Studio, model service, Airflow)
+test: lint test-steps test-orchestrator test-images  ## lint and run every test
+
+image-tools:  ## install buildah, docker-registry and debootstrap when one is missing (apt-get; CI runs as root)
+	$(PYTHON) -m tools.images tools
+
+images:  ## build the steps, serve and airflow images (Docker, else buildah), tagged with the git revision
+	$(PYTHON) -m tools.images build
+
+push:  ## push the built images to the registry project named by REGISTRY and PROJECT (docs/deploy.md)
+	$(PYTHON) -m tools.images push
+
+stack-up: envs label-studio-env image-tools  ## start the local stack (S3, MLflow, Label Studio, model service, Airflow)
 	$(STEPS_PY) -m ml_tasks.stack up
 
 stack-down:  ## stop everything stack-up started
