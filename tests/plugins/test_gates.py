@@ -211,29 +211,37 @@ def test_approval_body_says_who_may_answer() -> None:
 def test_unpausing_does_not_run_the_slot_that_passed() -> None:
     import datetime
 
-    from airflow._shared.timezones.timezone import utcnow
+    from airflow._shared.timezones.timezone import coerce_datetime, utcnow
     from airflow.timetables.base import DataInterval, TimeRestriction
     from airflow.timetables.trigger import CronTriggerTimetable
     from flywheel_airflow.timetables.nightly import NightlySchedule
 
-    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    start = coerce_datetime(datetime.datetime(2026, 1, 1, 0, 0, 30, tzinfo=datetime.UTC))
     fresh = TimeRestriction(earliest=start, latest=None, catchup=False)
     now = utcnow()
-    # With no grace, the last two-hourly slot has always passed: Airflow's own timetable
-    # runs it as soon as the DAG is unpaused; ours waits for the next slot.
-    plain = CronTriggerTimetable("0 */2 * * *", timezone="UTC")
-    ours = NightlySchedule("0 */2 * * *", timezone="UTC", grace=datetime.timedelta(0))
+    # Every minute: the last slot has always just passed. Airflow's own timetable runs it as
+    # soon as the DAG is unpaused; ours waits for the next slot.
+    plain = CronTriggerTimetable("* * * * *", timezone="UTC")
+    ours = NightlySchedule("* * * * *", timezone="UTC")
     plain_next = plain.next_dagrun_info(last_automated_data_interval=None, restriction=fresh)
     ours_next = ours.next_dagrun_info(last_automated_data_interval=None, restriction=fresh)
     assert plain_next is not None and ours_next is not None
     assert plain_next.run_after <= now  # the hidden catch-up run this schedule avoids
     assert ours_next.run_after > now
+    # The slot right after the last run is kept when it is a little late (a busy scheduler)...
+    slot = plain_next.run_after
+    minute = datetime.timedelta(minutes=1)
+    just_before = DataInterval(slot - minute, slot - minute)
+    kept = ours.next_dagrun_info(last_automated_data_interval=just_before, restriction=fresh)
+    assert kept is not None and kept.run_after == slot
+    # ...but not after a pause: a day-old last run does not bring back the slot that passed.
+    long_ago = DataInterval(slot - 24 * 60 * minute, slot - 24 * 60 * minute)
+    paused = ours.next_dagrun_info(last_automated_data_interval=long_ago, restriction=fresh)
+    assert paused is not None and paused.run_after > now
     # After a run, the next slot follows as usual; catchup (backfills) is left alone.
     last = DataInterval(ours_next.run_after, ours_next.run_after)
     after = ours.next_dagrun_info(last_automated_data_interval=last, restriction=fresh)
-    assert after is not None and after.run_after == ours_next.run_after + datetime.timedelta(
-        hours=2
-    )
+    assert after is not None and after.run_after == ours_next.run_after + minute
     catchup = TimeRestriction(earliest=start, latest=None, catchup=True)
     first = ours.next_dagrun_info(last_automated_data_interval=None, restriction=catchup)
     assert first is not None and first.run_after.year == 2026 and first.run_after < now

@@ -4,8 +4,9 @@ With ``catchup=False`` Airflow's ``CronTriggerTimetable`` schedules the most rec
 as soon as a DAG is unpaused: a new user who ticks "Unpause on trigger" in the trigger form gets
 a nightly training run they did not ask for, and (``max_active_runs=1``) their own run waits
 behind it. :class:`NightlySchedule` keeps every slot from the moment the DAG is unpaused on and
-skips the ones that passed before: a slot more than ``grace`` old when the scheduler first
-looks at it is not run. Backfills (``catchup`` or ``airflow backfill create``) are unaffected.
+skips the ones that passed before: a DAG that never ran on schedule starts at the next slot,
+and after a run the next slot is kept only if it is at most ``grace`` late (a busy scheduler),
+not after a pause. Backfills (``catchup`` or ``airflow backfill create``) are unaffected.
 
 A custom timetable must be registered with Airflow through a plugin: ``plugins/
 flywheel_timetables.py`` does it, so the scheduler and the dag-processor can (de)serialize it.
@@ -20,7 +21,7 @@ from airflow._shared.timezones.timezone import coerce_datetime, parse_timezone, 
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction
 from airflow.timetables.trigger import CronTriggerTimetable
 
-DEFAULT_GRACE = datetime.timedelta(hours=1)
+DEFAULT_GRACE = datetime.timedelta(minutes=10)
 
 
 class NightlySchedule(CronTriggerTimetable):
@@ -57,8 +58,14 @@ class NightlySchedule(CronTriggerTimetable):
         if info is None or restriction.catchup:
             return info
         now = coerce_datetime(utcnow())
-        if info.run_after >= now - self.grace:
+        if info.run_after >= now:
             return info
+        if (
+            last_automated_data_interval is not None
+            and info.run_after == self._get_next(last_automated_data_interval.end)
+            and now - info.run_after <= self.grace
+        ):
+            return info  # the slot after the last run, a little late: the scheduler was busy
         upcoming = self._align_to_next(now)
         if restriction.latest is not None and restriction.latest < upcoming:
             return None
