@@ -99,7 +99,7 @@ def approval_body(
             "because registration was forced. Approving it replaces a better model.",
         ]
     if ui:
-        lines.append(f"Model version: {ui}/#/models/{name}/versions/{version}")
+        lines += [f"Model version: {ui}/#/models/{name}/versions/{version}", ""]
     lines.append(
         "**Approve** moves `champion` to this version and deploys it; **Reject** (also "
         "the answer when nobody responds in time) records the decision and deploys nothing."
