@@ -64,7 +64,7 @@ lint: envs  ## ruff and mypy (the steps code in its environment, the Airflow cod
 	$(ORCH)/bin/mypy plugins $(wildcard dags/*.py)
 
 test-steps: steps-env  ## the tests that run in the steps environment
-	$(STEPS_PY) -m pytest tests/unit tests/data tests/model tests/integration $(wildcard tests/serve) tests/helm
+	$(STEPS_PY) -m pytest tests/unit tests/data tests/model tests/integration $(wildcard tests/serve) tests/helm tests/tuning
 
 # Each suite sets up its own Airflow home before importing Airflow: one pytest process each.
 test-orchestrator: envs label-studio-env  ## the tests that run in the orchestrator (Airflow) environment
