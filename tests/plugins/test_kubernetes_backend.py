@@ -165,18 +165,6 @@ def test_a_pod_whose_step_refused_its_input_fails_without_retry() -> None:
         assert not isinstance(raised.value, AirflowFailException)
 
 
-def test_kubeflow_backend_is_a_clear_error_for_now() -> None:
-    from airflow.sdk.exceptions import AirflowFailException
-    from flywheel_airflow.operators.step import StepOperator
-
-    op = StepOperator(task_id="prepare", step="prepare")
-    with (
-        mock.patch.dict("os.environ", {"FLYWHEEL_BACKEND": "kubeflow"}),
-        pytest.raises(AirflowFailException, match="kubeflow"),
-    ):
-        op.execute({})
-
-
 # --- deploy on the cluster -----------------------------------------------------------------
 
 

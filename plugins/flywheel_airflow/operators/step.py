@@ -10,7 +10,9 @@ never change between a laptop and a cluster:
   result comes back through the XCom sidecar (``/airflow/xcom/return.json``)
   (:mod:`flywheel_airflow.backends.kubernetes`). ``deploy promote`` applies the
   InferenceService and defers until it is Ready before moving ``champion``.
-- ``kubeflow``: not wired for steps yet (the cluster-path issue adds it): a clear error.
+- ``kubeflow``: the same command as one run of a one-step Kubeflow pipeline, submitted with
+  the steps environment's client; the task defers to a trigger polling KFP's REST API and
+  returns the step's result (:mod:`flywheel_airflow.backends.kubeflow`).
 
 An argument that renders to an empty string is dropped, so a DAG can write an optional flag as
 one templated argument (``"{{ '--epochs=%d' % params.epochs if params.epochs else '' }}"``).
@@ -95,16 +97,16 @@ class StepOperator(BaseOperator):
 
             return run_in_pod(self, context)
         if backend == "kubeflow":
-            from airflow.sdk.exceptions import AirflowFailException
+            from flywheel_airflow.backends.kubeflow import submit_step
 
-            # The seam for the cluster-path issue: submit the step as a compiled Kubeflow
-            # pipeline with the kfp client, then wait on it (a trigger polling KFP's REST API).
-            raise AirflowFailException(
-                "backend 'kubeflow' runs whole pipelines, not single steps, and is not wired "
-                "yet: set FLYWHEEL_BACKEND (or the Variable flywheel_backend) to local or "
-                "kubernetes"
-            )
+            return submit_step(self, context)
         raise ValueError(f"unknown backend {backend!r}: expected local, kubernetes or kubeflow")
+
+    def execute_kubeflow_done(self, context: Any, event: dict[str, Any]) -> Any:
+        """Resume once the step's Kubeflow run ended (the trigger fired)."""
+        from flywheel_airflow.backends.kubeflow import finish_step
+
+        return finish_step(self, context, event)
 
     def execute_deployed(
         self,
