@@ -64,6 +64,7 @@ from ml_tasks.prepare_scan import (
     scan_version,
 )
 from ml_tasks.step import StepError, add_result_option, run_step
+from ml_tasks.workspace import writable_repo
 
 SPLITS = ("train", "val", "test")
 
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_step(
         "prepare",
         lambda: prepare(
-            settings,
+            writable_repo(settings),  # a pod's /workspace is read-only: DVC writes in a clone
             dataset_version=args.dataset_version,
             data_dir=args.data_dir,
             progress=not args.no_progress,

@@ -9,9 +9,10 @@ local backend, the tests), else a clone of it under ``FLYWHEEL_HOME``. With
 default ``main``; ``FLYWHEEL_GIT_USER``/``FLYWHEEL_GIT_TOKEN`` from a Secret), so it knows the
 dataset versions committed after the image was built, and ingest pushes there.
 
-A repository that cannot be made writable is a deployment fault, not bad input:
-:class:`WorkspaceError` is not a :class:`~ml_tasks.step.StepError`, so the step does not exit 3
-(which tells the orchestrator never to retry) and the message says what to fix.
+A repository that cannot be made writable is a deployment fault (a git server that did not
+answer, a missing setting), not bad input: :class:`WorkspaceError` is an
+:class:`~ml_tasks.step.InfrastructureError`, so the step exits 75 (retried) instead of 3 (which
+tells the orchestrator never to retry), and its result and message say what to fix.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import subprocess
 from pathlib import Path
 
 from ml_tasks.config import Settings
+from ml_tasks.step import InfrastructureError
 
 
-class WorkspaceError(RuntimeError):
+class WorkspaceError(InfrastructureError):
     """No writable repository with git history could be set up (a deployment fault)."""
 
 

@@ -46,6 +46,7 @@ from ml_tasks.annotation.tasks import LABEL, QUALITY, REASON, UNUSABLE
 from ml_tasks.config import Settings, load_params, load_settings
 from ml_tasks.lake import Lake, LakeError, open_lake
 from ml_tasks.step import StepError, add_result_option, run_step
+from ml_tasks.workspace import writable_repo
 
 VERSION_FILES = ("data/images.dvc", "data/versions.jsonl", "data/.gitignore")
 COMMIT_PREFIX = "dataset: version "  # how a version ingest made is told from others in git
@@ -402,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     return run_step(
-        "ingest", lambda: ingest(settings, args.git_remote), result_path=args.result_path
+        "ingest",
+        # A pod's /workspace is read-only: commit in a clone that pushes to FLYWHEEL_GIT_URL.
+        lambda: ingest(writable_repo(settings, needs_remote=True), args.git_remote),
+        result_path=args.result_path,
     )
 
 
