@@ -246,6 +246,7 @@ def build_image(
             *STORAGE,
             "bud",
             "--layers",
+            "--force-rm",  # a failed or killed build leaves no working containers
             "--isolation",
             "chroot",
             "--network",
@@ -295,6 +296,18 @@ def airflow_base() -> str | None:
     return None
 
 
+def remove_older_tags(ref: str) -> None:
+    """Untag the image's other revisions: each holds a few MB of code; the layer cache (the
+    untagged intermediate images) and the shared venv image stay."""
+    if docker_available():
+        return
+    repository = ref.rsplit(":", 1)[0]
+    listed = buildah("images", "--format", "{{.Name}}:{{.Tag}}").stdout.split()
+    for other in listed:
+        if other.rsplit(":", 1)[0] == repository and other != ref:
+            buildah("rmi", other, check=False)
+
+
 def build(names: Sequence[str] = IMAGES) -> list[Built]:
     """Build ``names``; returns what was built, with the seconds each took."""
     if not docker_available():
@@ -318,6 +331,7 @@ def build(names: Sequence[str] = IMAGES) -> list[Built]:
             raise SystemExit(f"unknown image {name!r}: expected one of {', '.join(IMAGES)}")
         ref = local_ref(name, tag)
         build_image(f"images/{name}/Dockerfile", ref, args, labels(name))
+        remove_older_tags(ref)
         built.append(Built(name, ref, time.monotonic() - started))
         log(f"{ref} built in {built[-1].seconds:.0f} s")
     return built
@@ -447,6 +461,7 @@ def written_outside(name: str, allowed: Sequence[str], store: Path | None = None
     with ``readOnlyRootFilesystem`` each would have failed in the pod."""
     mount = buildah("mount", name, store=store).stdout.strip()  # .../overlay/<layer>/merged
     upper = Path(mount).parent / "diff"
+    allowed = [*allowed, "/run"]  # buildah run's own: /run/.containerenv, secrets
     found = []
     for path in upper.rglob("*"):
         rel = "/" + path.relative_to(upper).as_posix()
