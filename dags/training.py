@@ -110,6 +110,12 @@ def optional(flag: str, param: str) -> str:
             description="train on this dataset version (empty: current, or "
             "the one current at the logical date for backfills)",
         ),
+        "use_best_params": Param(
+            False,
+            type="boolean",
+            description="start from the latest tuned params for the dataset version (the "
+            "tuning DAG); epochs and learning rate given here still win",
+        ),
     },
 )
 def training() -> None:
@@ -140,6 +146,7 @@ def training() -> None:
             "if logical_date is defined and logical_date else '' }}",
             optional("--epochs", "epochs"),
             optional("--learning-rate", "learning_rate"),
+            "{{ '--use-best-params' if params.use_best_params else '' }}",
         ],
         execution_timeout=timedelta(hours=6),
     )

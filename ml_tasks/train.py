@@ -125,7 +125,10 @@ def train(
     caller_run_id: str | None = None,
     logical_date: str | None = None,
     progress: bool = True,
+    use_best_params: bool = False,
 ) -> dict[str, Any]:
+    """Train and log one run; ``use_best_params`` starts from the dataset version's latest
+    tuned params (``ml_tasks.tune``) and tags the run with their study and trial."""
     import mlflow
     import mlflow.pytorch
 
@@ -137,15 +140,18 @@ def train(
         lineage_tags,
         use_mlflow,
     )
+    from ml_tasks.tuning import tuned_params
 
+    tuned, tuned_tags = tuned_params(settings, dataset_version) if use_best_params else ({}, {})
     hp = {
         **load_params(settings.params_path)["train"],
+        **tuned,
         **{k: v for k, v in overrides.items() if v is not None},
     }
     data = load_prepared(settings, dataset_version)
     experiment_id = use_mlflow(settings)
     fail_abandoned_runs(settings, experiment_id, caller_run_id)
-    tags = lineage_tags(settings, dataset_version, caller_run_id)
+    tags = {**lineage_tags(settings, dataset_version, caller_run_id), **tuned_tags}
     if logical_date:
         tags["flywheel.logical_date"] = logical_date
     # Not ``with start_run()``: on a failure its exit ends the run with a full retry budget
@@ -315,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--caller-run-id", help="the orchestrator's run id, kept as a lineage tag")
     parser.add_argument("--logical-date", help="the data interval this run stands for (backfills)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--use-best-params",
+        action="store_true",
+        help="start from the dataset version's latest tuned params (python -m ml_tasks.tune); "
+        "options given here still win",
+    )
     add_hyperparameter_options(parser)
     add_result_option(parser)
     args = parser.parse_args(argv)
@@ -338,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 caller_run_id=args.caller_run_id,
                 logical_date=args.logical_date,
                 progress=not args.no_progress,
+                use_best_params=args.use_best_params,
             ),
         ),
         result_path=args.result_path,

@@ -250,6 +250,8 @@ def validate(
                 "flywheel.decision_reason": reason,
             }
         )
+        # Tuned params: the study and trial they came from (set by train --use-best-params).
+        tags.update({k: v for k, v in run.data.tags.items() if k.startswith("flywheel.tuning.")})
         version = register(client, settings, run_id, tags)
         events.emit(
             "alias_moved",
