@@ -71,6 +71,7 @@ PORTS: dict[str, tuple[str, int]] = {
     "airflow": ("FLYWHEEL_STACK_AIRFLOW_PORT", 8081),
     "model_service": ("FLYWHEEL_STACK_MODEL_SERVICE_PORT", 8085),
     "registry": ("FLYWHEEL_STACK_REGISTRY_PORT", 5050),
+    "optuna_dashboard": ("FLYWHEEL_STACK_OPTUNA_DASHBOARD_PORT", 8083),
 }
 # Airflow wants these set; with --skip-serve-logs nothing listens on them.
 AIRFLOW_LOG_PORTS = {"worker_logs": 8793, "trigger_logs": 8794}
@@ -218,6 +219,7 @@ def stack_env(state: dict[str, Any]) -> dict[str, str]:
         "FLYWHEEL_LAKE_URI": f"s3://{BUCKET}",
         "FLYWHEEL_DVC_REMOTE": "minio",
         "MLFLOW_TRACKING_URI": state["mlflow"],
+        "FLYWHEEL_OPTUNA_STORAGE": state.get("optuna_storage", ""),
         "LABEL_STUDIO_URL": state["label_studio"]["url"],
         "LABEL_STUDIO_API_KEY": state["label_studio"]["token"],
         "FLYWHEEL_STEPS_PYTHON": venv_bin("steps", "python"),
@@ -328,6 +330,23 @@ def up(serve: bool = True) -> dict[str, Any]:
         state,
     )
     state["mlflow"] = f"http://127.0.0.1:{chosen['mlflow']}"
+    # Optuna's studies (ml_tasks.tune) and their dashboard, on the same storage.
+    state["optuna_storage"] = f"sqlite:///{state_dir() / 'optuna.db'}"
+    # The dashboard does not create Optuna's tables in a new database: create them first.
+    subprocess.run(
+        [
+            venv_bin("steps", "python"),
+            "-c",
+            "import optuna, sys; optuna.storages.RDBStorage(sys.argv[1])",
+            state["optuna_storage"],
+        ],
+        check=True,
+        capture_output=True,
+    )
+    dashboard = [venv_bin("steps", "optuna-dashboard"), state["optuna_storage"]]
+    port = str(chosen["optuna_dashboard"])
+    launch("optuna-dashboard", [*dashboard, "--host", "127.0.0.1", "--port", port], base, state)
+    state["optuna_dashboard"] = f"http://127.0.0.1:{port}"
     state["airflow"] = {
         "port": chosen["airflow"],
         **AIRFLOW_LOG_PORTS,
@@ -460,6 +479,7 @@ def describe(state: dict[str, Any]) -> str:
         f"Label Studio   {ls['url']}   login {ls['username']} / {ls['password']}   "
         f"API token {ls['token']}",
         f"MLflow         {state['mlflow']}",
+        f"Optuna         {state.get('optuna_dashboard')}   (studies of ml_tasks.tune)",
         f"S3             {state['s3']}   bucket {BUCKET}   keys {AWS['AWS_ACCESS_KEY_ID']} / "
         f"{AWS['AWS_SECRET_ACCESS_KEY']}   (objects kept in {state_dir() / 's3'})",
         f"Model service  {state.get('model_service')}",

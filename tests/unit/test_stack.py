@@ -25,6 +25,8 @@ def test_every_service_has_a_fixed_default_port_and_a_variable_to_move_it(
         "label_studio": 8080,
         "airflow": 8081,
         "model_service": 8085,
+        "registry": 5050,
+        "optuna_dashboard": 8083,
     }
     monkeypatch.setenv("FLYWHEEL_STACK_MLFLOW_PORT", "15000")
     assert stack.ports()["mlflow"] == 15000
