@@ -50,6 +50,11 @@ orchestrator-env: $(ORCH)/.installed  ## create the orchestrator environment (.v
 label-studio-env: $(VENVS)/label-studio/.installed  ## create Label Studio's environment
 envs: steps-env orchestrator-env  ## create both environments
 
+.PHONY: pipeline
+pipeline: steps-env  ## compile the Kubeflow pipeline to .flywheel/pipelines/ and run it here with kfp.local
+	$(STEPS_PY) -m ml_tasks.pipelines compile
+	$(STEPS_PY) -m ml_tasks.pipelines local
+
 chain: steps-env  ## run the four steps back to back, without Airflow
 	$(STEPS_PY) -m ml_tasks.chain
 
@@ -64,7 +69,7 @@ lint: envs  ## ruff and mypy (the steps code in its environment, the Airflow cod
 	$(ORCH)/bin/mypy plugins $(wildcard dags/*.py)
 
 test-steps: steps-env  ## the tests that run in the steps environment
-	$(STEPS_PY) -m pytest tests/unit tests/data tests/model tests/integration $(wildcard tests/serve) tests/helm tests/tuning
+	$(STEPS_PY) -m pytest tests/unit tests/data tests/model tests/integration $(wildcard tests/serve) tests/helm tests/tuning tests/kubeflow
 
 # Each suite sets up its own Airflow home before importing Airflow: one pytest process each.
 test-orchestrator: envs label-studio-env  ## the tests that run in the orchestrator (Airflow) environment

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUT = Path("pipelines") / "flywheel-training.yaml"
-
 
 def training_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline's parameters from the command line (unset ones keep their defaults)."""
@@ -34,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_tasks.pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     comp = sub.add_parser("compile", help="compile the training pipeline to IR YAML")
-    comp.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    comp.add_argument(
+        "--out", type=Path, help="default: <FLYWHEEL_HOME>/pipelines/<pipeline name>.yaml"
+    )
     comp.add_argument("--step", help="compile the one-step pipeline of this step instead")
     loc = sub.add_parser("local", help="run the training pipeline here with kfp.local")
     add_training_options(loc)
@@ -47,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[:split])
     args.arguments = argv[split + 1 :]
     if args.command == "compile":
+        from ml_tasks.config import load_settings
         from ml_tasks.pipelines.pipeline import compile_pipeline, step_pipeline, training_pipeline
 
         func = step_pipeline(args.step) if args.step else training_pipeline()
-        print(compile_pipeline(func, args.out))
+        name = f"flywheel-step-{args.step}" if args.step else "flywheel-training"
+        out = args.out or load_settings().home / "pipelines" / f"{name}.yaml"
+        print(compile_pipeline(func, out))
         return 0
     if args.command == "local":
         from ml_tasks.pipelines.local import LocalRunFailed, run_training_locally

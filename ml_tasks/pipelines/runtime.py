@@ -112,13 +112,17 @@ def finish(
     store_result(kfp_run_id, task or step, result)
     if code != 0:
         raise ComponentFailed(step, code, str(result.get("error", "see the component's log")))
-    tag_kfp_run(result, kfp_run_id)
+    tag_kfp_run(step, result, kfp_run_id)
     return result
 
 
-def tag_kfp_run(result: Mapping[str, Any], kfp_run_id: str) -> None:
-    """Tag the MLflow run and the model version a step made with the KFP run id."""
-    run_id, version = result.get("mlflow_run_id"), result.get("model_version")
+def tag_kfp_run(step: str, result: Mapping[str, Any], kfp_run_id: str) -> None:
+    """Tag what a step made with its KFP run id: train's MLflow run, the version validate
+    registered (later steps that name them, such as deploy, leave the tags alone)."""
+    run_id = result.get("mlflow_run_id") if step == "train" else None
+    version = (
+        result.get("model_version") if step == "validate" and result.get("registered") else None
+    )
     if not run_id and not version:
         return
     from mlflow import MlflowClient

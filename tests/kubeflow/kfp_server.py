@@ -16,16 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 API = "/apis/v2beta1"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class State:
@@ -72,7 +75,6 @@ def _store(run_id: str, task: str, result: dict[str, Any]) -> None:
 
 def _execute(state: State, run: dict[str, Any], ir: bytes) -> None:
     import tempfile
-    from pathlib import Path
 
     from kfp.local import placeholder_utils
 
@@ -216,6 +218,36 @@ def serve(mode: str = "execute", error: str = "", port: int = 0) -> Iterator[tup
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def serve_in_process(
+    python: str, mode: str, log: Path, error: str = "", env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """The stand-in in a process of its own (``python``: the steps interpreter, for kfp.local),
+    logging to ``log`` (kfp.local is verbose); yields its URL."""
+    command = [python, "-m", "tests.kubeflow.kfp_server", "--mode", mode]
+    if error:
+        command += ["--error", error]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, text=True
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (first := log.read_text().split("\n", 1)[0]).startswith("http"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the stand-in KFP server did not start: {log.read_text()}")
+            time.sleep(0.1)
+        yield first.strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import copy
 import json
 import os
 import socket
-import subprocess
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.kubeflow.kfp_server import serve_in_process
 from tests.plugins.test_kubernetes_backend import dag, fake_context  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,16 +28,10 @@ STEPS_PYTHON = str(REPO / ".venvs" / "steps" / "bin" / "python")
 @contextmanager
 def stand_in(mode: str, error: str = "") -> Iterator[str]:
     """The stand-in KFP server in a steps-environment process; yields its URL."""
-    command = [STEPS_PYTHON, "-m", "tests.kubeflow.kfp_server", "--mode", mode]
-    if error:
-        command += ["--error", error]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "kfp-server.log"
+        with serve_in_process(STEPS_PYTHON, mode, log, error) as url:
+            yield url
 
 
 def server_state(url: str) -> dict[str, Any]:
