@@ -218,6 +218,12 @@ def worker(
     data = load_prepared(settings, str(study.user_attrs["dataset_version"]))
     base_hp = dict(load_params(settings.params_path)["train"])
     torch.set_num_threads(threads)
+    # Warm up before claiming a trial (imports, MLflow's store), so a trial's time is training.
+    from mlflow import MlflowClient
+
+    import ml_tasks.model  # noqa: F401
+
+    MlflowClient().get_run(str(study.user_attrs[PARENT_ATTR]))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # ask/tell with our own heartbeat thread (a claim must be exact): Optuna warns about both.
     warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
