@@ -8,7 +8,9 @@ kfp import. Settings come from the environment:
 - ``FLYWHEEL_KFP_UI_URL``: the UI's base URL for run links (default: the host);
 - ``FLYWHEEL_KFP_NAMESPACE``: the profile namespace (multi-user installations);
 - ``FLYWHEEL_KFP_TOKEN`` or ``FLYWHEEL_KFP_TOKEN_FILE``: a bearer token (a service account's
-  projected token file, re-read at every request since it rotates);
+  projected token file, re-read at every request since it rotates), else
+  ``FLYWHEEL_KFP_KUBECONFIG``: the token (``token`` or ``tokenFile``) of the kubeconfig's
+  current user (exec and auth-provider plugins are not run);
 - ``FLYWHEEL_KFP_EXPERIMENT`` (default ``flywheel``).
 
 A server that does not answer raises :class:`KfpUnavailable` (retry later); an error answer
@@ -56,15 +58,38 @@ class KfpSettings:
     token: str = field(default_factory=lambda: _env("FLYWHEEL_KFP_TOKEN"))
     token_file: str = field(default_factory=lambda: _env("FLYWHEEL_KFP_TOKEN_FILE"))
     experiment: str = field(default_factory=lambda: _env("FLYWHEEL_KFP_EXPERIMENT", "flywheel"))
+    kubeconfig: str = field(default_factory=lambda: _env("FLYWHEEL_KFP_KUBECONFIG"))
     timeout: float = 30.0
+
+    def run_url(self, run_id: str) -> str:
+        return f"{(self.ui_url or self.host).rstrip('/')}/#/runs/details/{run_id}"
 
     def bearer(self) -> str:
         if self.token_file:
             return Path(self.token_file).read_text().strip()
-        return self.token
+        if self.token or not self.kubeconfig:
+            return self.token
+        return kubeconfig_token(Path(self.kubeconfig))
 
-    def run_url(self, run_id: str) -> str:
-        return f"{(self.ui_url or self.host).rstrip('/')}/#/runs/details/{run_id}"
+
+def kubeconfig_token(path: Path) -> str:
+    """The bearer token of a kubeconfig's current context's user."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text()) or {}
+    contexts = {c["name"]: c.get("context") or {} for c in config.get("contexts") or []}
+    user_name = contexts.get(config.get("current-context", ""), {}).get("user")
+    users = {u["name"]: u.get("user") or {} for u in config.get("users") or []}
+    user = users.get(user_name or "", {})
+    if user.get("token"):
+        return str(user["token"])
+    if user.get("tokenFile"):
+        return Path(user["tokenFile"]).read_text().strip()
+    raise KfpError(
+        0,
+        f"the current user ({user_name}) of {path} has no token or tokenFile (exec and "
+        "auth-provider plugins are not run): set FLYWHEEL_KFP_TOKEN or FLYWHEEL_KFP_TOKEN_FILE",
+    )
 
 
 class KfpClient:
