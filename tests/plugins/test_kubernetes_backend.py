@@ -35,7 +35,11 @@ def fake_context(dag: Any, task: Any, *, run_type: str = "manual") -> dict[str, 
         dag_id, task_id, try_number, map_index = dag.dag_id, task.task_id, 1, -1
 
         def xcom_pull(self, task_ids: str | None = None, key: str = "return_value") -> Any:
-            return {"who": "alice", "timed_out": False} if key == "decision" else upstream[task_ids]
+            if key == "decision":  # the answer that leads to this task: approve for deploy
+                approved = task.task_id == "deploy"
+                choice = "Approve" if approved else "Reject"
+                return {"who": "alice", "timed_out": False, "approved": approved, "choice": choice}
+            return upstream[task_ids]
 
     ti = FakeTI()
     run_id = f"{run_type}__2026-03-01T02:00:00+00:00"
