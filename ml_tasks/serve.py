@@ -4,12 +4,17 @@
 ``--model-uri``, any MLflow model URI) through ``ml_tasks.model.load_classifier`` and serves it
 with KServe's ``ModelServer`` on 127.0.0.1:8080 (loopback only unless ``--host`` or
 ``FLYWHEEL_SERVE_HOST`` says otherwise; the container image sets 0.0.0.0). No gRPC.
+On an alias URI it follows the alias (``--watch-seconds``, :mod:`ml_tasks.serving.champion`):
+a new version is loaded and warmed up beside the serving one, then swapped in without failing
+a request; without a version yet it starts anyway, live but not ready, and says why.
 Sampled request images are written to the lake's ``incoming/`` prefix for annotation, off the
 request path (``ml_tasks.serving.store``). Routes (``<name>`` is the model name, e.g. digits):
 
 - ``POST /v1/models/<name>:predict`` and ``POST /v2/models/<name>/infer``: predictions;
 - ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2/models/<name>/ready``, ``/v1/models/<name>``:
-  health (the server listens only once the model is loaded and warmed up);
+  health (ready once a model is loaded and warmed up; until then 503
+  ``{"ready": false, "reason": "no digits@champion yet in MLflow at ..."}``, and predict answers
+  503 with the same reason);
 - ``GET /v2/models/<name>``: inputs and outputs; ``GET /metrics``: Prometheus.
 
 Payloads. An image is a PNG or JPEG file, base64-encoded (decoded with the rules training data
@@ -56,6 +61,13 @@ from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+# While watching, no retries inside a poll (the next poll retries), and no download progress
+# bars in a service's log (one per file, every time a version is loaded).
+WATCH_MLFLOW_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 EPILOG = """\
 payloads (see the module docstring: python -c 'import ml_tasks.serve as s; print(s.__doc__)'):
@@ -67,6 +79,16 @@ payloads (see the module docstring: python -c 'import ml_tasks.serve as s; print
                    "data": [...]}]}
   outputs: label, score, probabilities, classes (v2 tensors; v1 one object per instance).
   Bad input -> 400 {"error": "..."}; internal failure -> 500 with a request id only.
+
+  No model yet (watching an alias that names none) -> 503 {"error": "...", "reason": "..."}.
+
+following the champion: on models:/NAME@ALIAS (the default) the alias is looked up every
+  --watch-seconds; a new version is loaded and warmed up off the request path, then swapped in
+  (requests in flight finish on the old one; answers carry the model_version that answered).
+  A version that fails to load, or MLflow not answering, leaves the serving version serving
+  (events model_load_failed / registry_unreachable, /metrics counters) and is retried on the
+  next poll. MLflow requests are not retried within a poll (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
+  MLFLOW_HTTP_REQUEST_TIMEOUT=10 unless set): the next poll is the retry.
 
 environment: MLFLOW_TRACKING_URI (where the model is), FLYWHEEL_LAKE_URI and AWS_* (where
   inputs are stored), FLYWHEEL_MODEL_NAME, FLYWHEEL_SERVE_HOST, FLYWHEEL_SERVE_SAMPLE_RATE.
@@ -91,6 +113,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ml_tasks.serve",
@@ -100,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model-uri", help="MLflow model URI (default: models:/NAME@champion)")
+    parser.add_argument(
+        "--watch-seconds",
+        type=_seconds,
+        default=5.0,
+        help="how often to look the alias of an alias URI up in MLflow and swap in the version "
+        "it names (default: %(default)s; 0: load once at start, and fail when there is none; "
+        "a version URI is never watched)",
+    )
     parser.add_argument(
         "--model-name",
         help="name in the URL paths (default: the registered model's name, else "
@@ -219,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     _import_kserve()
     import mlflow
 
+    from ml_tasks.serving.champion import ChampionWatcher, watched_alias
     from ml_tasks.serving.http import FlywheelModelServer
     from ml_tasks.serving.metrics import store_counts
     from ml_tasks.serving.predictor import ClassifierModel
@@ -242,12 +280,22 @@ def main(argv: list[str] | None = None) -> int:
         decode_workers=args.decode_workers,
         torch_threads=args.torch_threads,
     )
-    try:
-        model.load()
-    except Exception as exc:  # whatever went wrong, one clear line instead of a traceback
-        events.emit("load_failed", level="error", model_uri=model_uri, error=str(exc))
-        print(f"error: cannot load {model_uri}: {exc}", file=sys.stderr)
-        return 1
+    alias = watched_alias(model_uri) if args.watch_seconds > 0 else None
+    watcher = None
+    if alias is None:
+        try:
+            model.load()
+        except Exception as exc:  # whatever went wrong, one clear line instead of a traceback
+            events.emit("load_failed", level="error", model_uri=model_uri, error=str(exc))
+            print(f"error: cannot load {model_uri}: {exc}", file=sys.stderr)
+            return 1
+    else:
+        for variable, value in WATCH_MLFLOW_ENV.items():
+            os.environ.setdefault(variable, value)
+        watcher = ChampionWatcher(
+            model, *alias, tracking_uri=settings.tracking_uri, every=args.watch_seconds
+        )
+        watcher.check()  # a champion that exists serves from the first request on
     # Everything loaded so far lives as long as the server: keep the collector from walking it
     # again and again (full collections of a heap this size were the p99 outliers).
     gc.collect()
@@ -272,10 +320,16 @@ def main(argv: list[str] | None = None) -> int:
         port=args.http_port,
         sample_rate=args.sample_rate,
         lake=lake_uri if store else None,
+        watch_seconds=args.watch_seconds if watcher else None,
+        not_ready_reason=model.not_ready_reason,
     )
     try:
+        if watcher is not None:
+            watcher.start()
         server.start([model])
     finally:
+        if watcher is not None:
+            watcher.stop()
         model.stop()
         counts = store_counts()
         events.emit(

@@ -133,8 +133,9 @@ def _warm() -> None:
 class Decoder:
     """Decodes a batch's images inline when they are small, else in a decoding process."""
 
-    def __init__(self, limits: Limits, workers: int = 1) -> None:
+    def __init__(self, limits: Limits | None = None, workers: int = 1) -> None:
         self.limits = limits
+        """The limits of a :meth:`decode` not given its own (each model has its image size)."""
         self.workers = workers
         self._pool: Any = None
         self.offloaded = 0
@@ -157,11 +158,12 @@ class Decoder:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    async def decode(self, batch: Batch) -> None:
+    async def decode(self, batch: Batch, limits: Limits | None = None) -> None:
         """Fill the rows and sources of ``batch``'s encoded images (raises BadInput)."""
         if not batch.encoded:
             return
-        limits = self.limits
+        limits = limits or self.limits
+        assert limits is not None, "a Decoder without limits decodes with given ones"
         rows = [row for row, _, _ in batch.encoded]
         wheres = [where for _, where, _ in batch.encoded]
         texts: list[str | bytes] = [text for _, _, text in batch.encoded]
@@ -171,20 +173,20 @@ class Decoder:
             if self._pool is None or pixels <= INLINE_PIXELS:
                 decoded = _decode_all(datas, wheres, limits)
             else:
-                decoded, _ = await self._offload(list(datas), wheres)
+                decoded, _ = await self._offload(list(datas), wheres, limits)
         else:
-            decoded, datas = await self._offload(texts, wheres)
+            decoded, datas = await self._offload(texts, wheres, limits)
         batch.pixels[rows] = decoded / np.float32(255.0)
         for row, data in zip(rows, datas, strict=True):
             batch.sources[row] = data
         batch.encoded = []
 
     async def _offload(
-        self, encoded: list[str | bytes], wheres: list[str]
+        self, encoded: list[str | bytes], wheres: list[str], limits: Limits
     ) -> tuple[np.ndarray, list[bytes]]:
         self.offloaded += 1
         loop = asyncio.get_running_loop()
         result: tuple[np.ndarray, list[bytes]] = await loop.run_in_executor(
-            self._pool, decode_images, encoded, wheres, self.limits
+            self._pool, decode_images, encoded, wheres, limits
         )
         return result

@@ -34,6 +34,7 @@ from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.rest.server import RESTServer
 
 from ml_tasks.serving.metrics import serving_metrics
+from ml_tasks.serving.readiness import FlywheelDataPlane, not_ready_handlers
 from ml_tasks.serving.refusals import (
     REASON_SLOT,
     bad_input_as_400,
@@ -263,12 +264,17 @@ class FlywheelModelServer(ModelServer):
         self.host = host
         self.max_request_bytes = max_request_bytes
         self.access_log = access_log
+        self.dataplane = FlywheelDataPlane(model_registry=self.registered_models)
 
     def start(self, models: list[Any]) -> None:
-        """Like ``ModelServer.start`` with one REST worker and no gRPC, bound to ``self.host``."""
+        """Like ``ModelServer.start`` with one REST worker and no gRPC, bound to ``self.host``;
+        models not ready yet are served too (KServe refuses to start without a ready one): they
+        answer 503 with their reason until they are."""
         from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 
-        self._register_and_check_atleast_one_model_is_ready(models)
+        for model in models:
+            self.register_model(model)
+            model.start()
         self._rest_server = FlywheelRESTServer(
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
@@ -330,3 +336,5 @@ class FlywheelRESTServer(RESTServer):
         app.add_exception_handler(InvalidInput, bad_input_as_400)
         app.add_exception_handler(RequestValidationError, validation_error_as_400)
         app.add_exception_handler(ModelNotFound, unknown_model_as_404)
+        for exc_type, handler in not_ready_handlers(self.dataplane).items():
+            app.add_exception_handler(exc_type, handler)

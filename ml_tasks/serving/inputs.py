@@ -73,6 +73,9 @@ class Batch:
     outputs: tuple[str, ...] = OUTPUT_NAMES
     started: float = 0.0
     """``time.perf_counter()`` when parsing began (the latency histogram's start)."""
+    model: Any = None
+    """The loaded model that parsed the request, and so answers it (``LoadedModel``): a model
+    swapped in meanwhile serves the next requests, not this one."""
 
 
 def parse_v1(body: Any, limits: Limits) -> Batch:

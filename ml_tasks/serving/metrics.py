@@ -3,9 +3,10 @@
 KServe already exports ``request_preprocess_seconds`` / ``request_predict_seconds`` per model.
 These add what an operator of the annotation loop needs: how many requests and images were
 served or refused (every 4xx, by status and reason), the whole handler's latency per protocol,
-and what happened to the inputs kept for annotation (dropped because the queue was full;
-stored, failed, the write latency and the queue depth come from the writer process, see
-``ml_tasks.serving.store``).
+which model version answers and how following the champion goes (swaps, versions that did not
+load, MLflow not answering), and what happened to the inputs kept for annotation (dropped
+because the queue was full; stored, failed, the write latency and the queue depth come from the
+writer process, see ``ml_tasks.serving.store``).
 Created on first use, never at import time, in the default registry that KServe's
 ``/metrics`` handler serves.
 """
@@ -37,6 +38,16 @@ class ServingMetrics:
     (``model_name`` is empty when the path names no model this server serves)."""
     latency: Any
     """Histogram ``flywheel_serve_request_seconds{model_name, protocol}``: parse + predict."""
+    swaps: Any
+    """Counter ``flywheel_serve_model_swaps_total{model_name}``: a new version swapped in."""
+    version: Any
+    """Gauge ``flywheel_serve_model_version{model_name}``: the registry version answering."""
+    load_failures: Any
+    """Counter ``flywheel_serve_model_load_failures_total{model_name}``: attempts to load the
+    version the alias names that failed (the serving version kept serving)."""
+    registry_failures: Any
+    """Counter ``flywheel_serve_registry_failures_total{model_name}``: alias look-ups that
+    MLflow did not answer (or answered with an error)."""
     dropped: Any
     """Counter ``flywheel_incoming_dropped_total``: sampled images dropped, queue full.
 
@@ -49,7 +60,7 @@ class ServingMetrics:
 @cache
 def serving_metrics() -> ServingMetrics:
     """The metrics, registered once per process in prometheus_client's default registry."""
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     return ServingMetrics(
         requests=Counter(
@@ -68,6 +79,22 @@ def serving_metrics() -> ServingMetrics:
             "Time to parse a request and predict",
             ["model_name", "protocol"],
             buckets=LATENCY_BUCKETS,
+        ),
+        swaps=Counter(
+            "flywheel_serve_model_swaps", "New model versions swapped in", ["model_name"]
+        ),
+        version=Gauge(
+            "flywheel_serve_model_version", "The model version that answers", ["model_name"]
+        ),
+        load_failures=Counter(
+            "flywheel_serve_model_load_failures",
+            "Failed attempts to load the version the watched alias names",
+            ["model_name"],
+        ),
+        registry_failures=Counter(
+            "flywheel_serve_registry_failures",
+            "Alias look-ups in MLflow that failed",
+            ["model_name"],
         ),
         dropped=Counter(
             "flywheel_incoming_dropped", "Sampled images dropped because the store queue was full"

@@ -2,7 +2,11 @@
 
 :class:`ClassifierModel` is a ``kserve.Model``: ``load()`` reads the model through
 :func:`ml_tasks.model.load_classifier` (class names and image size come from the model's
-MLflow metadata) and only then sets ``ready``; ``preprocess`` parses a v1 dict or a v2
+MLflow metadata), warms it up and only then sets ``ready``; :meth:`~ClassifierModel.swap_in`
+replaces the model that answers (the champion watcher's way in, see
+:mod:`ml_tasks.serving.champion`); until a model is in, ``not_ready_reason`` says why not.
+``preprocess`` takes the current model for the request (it answers the request even if another
+is swapped in meanwhile), parses a v1 dict or a v2
 ``InferRequest`` (:mod:`ml_tasks.serving.inputs`) and decodes its images
 (:mod:`ml_tasks.serving.decoding`: large ones in a decoding process, so the event loop stays
 free), ``predict`` runs the classifier and answers in the protocol of the request. Bad input
@@ -21,12 +25,12 @@ from typing import Any
 
 import numpy as np
 from kserve import Model
-from kserve.errors import InferenceError
+from kserve.errors import InferenceError, ModelNotReady
 from kserve.logging import logger
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from ml_tasks import events
-from ml_tasks.serving.batching import TickBatcher
+from ml_tasks.serving.champion import LoadedModel, load_model
 from ml_tasks.serving.decoding import Decoder
 from ml_tasks.serving.inputs import (
     OUTPUT_NAMES,
@@ -62,59 +66,94 @@ class ClassifierModel(Model):
         super().__init__(name)
         self.model_uri = model_uri
         self.store = store
-        self.classifier: Any = None
-        self.limits: Limits | None = None
+        self._loaded: LoadedModel | None = None
+        self.not_ready_reason: str | None = f"{model_uri} is not loaded yet"
+        """Why the service does not answer yet (None once a model is in)."""
         self._limit_args = {"max_batch": max_batch, "max_image_bytes": max_image_bytes}
         if max_pixels is not None:
             self._limit_args["max_pixels"] = max_pixels
         if max_request_pixels is not None:
             self._limit_args["max_request_pixels"] = max_request_pixels
-        self._decode_workers = decode_workers
         self._torch_threads = torch_threads
-        self._batcher: TickBatcher | None = None
-        self.decoder: Decoder | None = None
+        # One decoder for every model: the limits travel with each request's model.
+        self.decoder = Decoder(workers=decode_workers)
         self.metrics = serving_metrics()
 
     @property
+    def classifier(self) -> Any:
+        return None if self._loaded is None else self._loaded.classifier
+
+    @property
+    def limits(self) -> Limits | None:
+        return None if self._loaded is None else self._loaded.limits
+
+    @property
     def version(self) -> str | None:
-        return None if self.classifier is None else self.classifier.version
+        return None if self._loaded is None else self._loaded.version
 
     def load(self) -> bool:
-        """Load the model and answer one warm-up request; ``ready`` only when both worked."""
-        import torch
-
-        from ml_tasks.model import load_classifier
-
-        # One small image per request: intra-op threads cost more than they save.
-        torch.set_num_threads(self._torch_threads)
-        self.classifier = load_classifier(self.model_uri)
-        self.limits = Limits(image_size=self.classifier.image_size, **self._limit_args)
-        self.decoder = Decoder(self.limits, workers=self._decode_workers)
-        size = self.classifier.image_size
-        self.classifier.predict_proba(np.zeros((1, size, size), dtype=np.float32))
-        self.ready = True
-        events.emit(
-            "model_loaded",
+        """Load ``model_uri`` and answer one warm-up request; ``ready`` only when both worked."""
+        began = time.perf_counter()
+        self.swap_in(
+            self.load_uri(self.model_uri),
             model_uri=self.model_uri,
-            model_name=self.name,
-            model_version=self.version,
-            classes=len(self.classifier.classes),
+            load_seconds=time.perf_counter() - began,
         )
         return self.ready
+
+    def load_uri(self, model_uri: str) -> LoadedModel:
+        """A model loaded and warmed up with this service's limits, not serving yet."""
+        return load_model(model_uri, self._limit_args)
+
+    def swap_in(self, loaded: LoadedModel, *, model_uri: str, load_seconds: float) -> None:
+        """Serve ``loaded`` from the next request on; requests already parsed finish on the
+        model they started with (they hold it). One reference replaced: atomic for the loop."""
+        previous, self._loaded = self._loaded, loaded
+        self.not_ready_reason = None
+        self.ready = True
+        version = loaded.version
+        if version is not None and version.isdigit():
+            self.metrics.version.labels(self.name).set(int(version))
+        fields = {"model_uri": model_uri, "model_name": self.name, "model_version": version}
+        if previous is None:
+            events.emit(
+                "model_loaded",
+                **fields,
+                classes=len(loaded.classifier.classes),
+                load_seconds=round(load_seconds, 3),
+            )
+            return
+        self.metrics.swaps.labels(self.name).inc()
+        events.emit(
+            "model_swapped",
+            **fields,
+            from_version=previous.version,
+            to_version=version,
+            load_seconds=round(load_seconds, 3),
+        )
+
+    def wait_for_model(self, reason: str) -> None:
+        """No model serves yet: readiness and predict answer 503 with ``reason``."""
+        if self._loaded is None:
+            self.not_ready_reason = reason
 
     def start(self) -> None:
         """Called by the ModelServer on start: start the decoding process and the writer of
         stored inputs (``ready`` untouched)."""
-        if self.decoder is not None:
-            self.decoder.start()
+        import torch
+
+        # One small image per request: intra-op threads cost more than they save. Set here, on
+        # the thread that runs the forward passes (the watcher loads models on its own).
+        torch.set_num_threads(self._torch_threads)
+        self.decoder.start()
         if self.store is not None:
             self.store.start()
 
     def stop(self) -> None:
         """Called on shutdown: write what is queued (bounded wait), then report not ready."""
         self.ready = False
-        if self.decoder is not None:
-            self.decoder.stop()
+        self.not_ready_reason = "the service is stopping"
+        self.decoder.stop()
         if self.store is not None:
             self.store.close()
 
@@ -139,39 +178,43 @@ class ClassifierModel(Model):
         before ``predict``)."""
         started = time.perf_counter()
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
+        loaded = self._loaded  # this request's model, whatever is swapped in meanwhile
+        if loaded is None:
+            raise ModelNotReady(self.name, self.not_ready_reason)
         try:
-            assert self.limits is not None and self.decoder is not None, "preprocess before load"
             batch = (
-                parse_v2(payload, self.limits)
+                parse_v2(payload, loaded.limits)
                 if protocol == "v2"
-                else parse_v1(payload, self.limits)
+                else parse_v1(payload, loaded.limits)
             )
-            await self.decoder.decode(batch)
+            await self.decoder.decode(batch, loaded.limits)
         except BadInput as exc:
             raise RefusedInput(exc.reason, str(exc)) from None
         except Exception as exc:
             raise self._internal_error(exc, protocol, headers, None) from None
         batch.started = started
+        batch.model = loaded
         return batch
 
     async def predict(self, batch: Batch, headers: dict[str, str] | None = None) -> Any:
         """Classify the batch (with concurrent requests' images, one forward pass), keep
         sampled images, answer in the request's protocol."""
         request_id = (headers or {}).get("x-request-id") or batch.request_id or uuid.uuid4().hex
+        # The model that parsed the request (KServe calls preprocess first), else the current.
+        loaded: LoadedModel | None = batch.model or self._loaded
+        assert loaded is not None, "predict before any model was loaded"
         try:
-            if self._batcher is None:
-                self._batcher = TickBatcher(self.classifier.predict_proba)
-            probabilities = await self._batcher(batch.pixels)
+            probabilities = await loaded.batcher(batch.pixels)
             top = probabilities.argmax(axis=1)
-            classes = self.classifier.classes
+            classes = loaded.classifier.classes
             labels = [classes[i] for i in top]
             scores = probabilities[np.arange(len(top)), top]
             if self.store is not None:
-                self._keep(batch, labels, scores, probabilities, request_id)
+                self._keep(loaded, batch, labels, scores, probabilities, request_id)
             response = (
-                self._v2_response(batch, labels, scores, probabilities, request_id)
+                self._v2_response(loaded, batch, labels, scores, probabilities, request_id)
                 if batch.protocol == "v2"
-                else self._v1_response(labels, scores, probabilities, request_id)
+                else self._v1_response(loaded, labels, scores, probabilities, request_id)
             )
         except Exception as exc:
             raise self._internal_error(exc, batch.protocol, headers, request_id) from None
@@ -183,9 +226,14 @@ class ClassifierModel(Model):
         return response
 
     def _v1_response(
-        self, labels: list[str], scores: np.ndarray, probabilities: np.ndarray, request_id: str
+        self,
+        loaded: LoadedModel,
+        labels: list[str],
+        scores: np.ndarray,
+        probabilities: np.ndarray,
+        request_id: str,
     ) -> dict[str, Any]:
-        classes = self.classifier.classes
+        classes = loaded.classifier.classes
         predictions = [
             {"label": label, "score": score, "probabilities": dict(zip(classes, row, strict=True))}
             for label, score, row in zip(
@@ -195,19 +243,20 @@ class ClassifierModel(Model):
         return {
             "predictions": predictions,
             "model_name": self.name,
-            "model_version": self.version,
+            "model_version": loaded.version,
             "request_id": request_id,
         }
 
     def _v2_response(
         self,
+        loaded: LoadedModel,
         batch: Batch,
         labels: list[str],
         scores: np.ndarray,
         probabilities: np.ndarray,
         request_id: str,
     ) -> InferResponse:
-        classes = self.classifier.classes
+        classes = loaded.classifier.classes
         tensors = {
             "label": np.array(labels, dtype=np.object_),
             "score": scores.astype(np.float32),
@@ -227,12 +276,13 @@ class ClassifierModel(Model):
         return InferResponse(
             response_id=batch.request_id or request_id,
             model_name=self.name,
-            model_version=self.version,
+            model_version=loaded.version,
             infer_outputs=outputs,
         )
 
     def _keep(
         self,
+        loaded: LoadedModel,
         batch: Batch,
         labels: list[str],
         scores: np.ndarray,
@@ -241,7 +291,7 @@ class ClassifierModel(Model):
     ) -> None:
         assert self.store is not None
         received_at: datetime | None = None
-        classes = self.classifier.classes
+        classes = loaded.classifier.classes
         for i, source in enumerate(batch.sources):
             if not self.store.sampled():
                 continue
@@ -253,7 +303,7 @@ class ClassifierModel(Model):
                     score=float(scores[i]),
                     probabilities=dict(zip(classes, probabilities[i].tolist(), strict=True)),
                     model_name=self.name,
-                    model_version=self.version,
+                    model_version=loaded.version,
                     request_id=request_id,
                     received_at=received_at,
                 )

@@ -123,9 +123,17 @@ class Server:
 
 @contextmanager
 def model_server(
-    workdir: Path, registered: RegisteredModel, *args: str, env: dict[str, str] | None = None
+    workdir: Path,
+    registered: RegisteredModel,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait_for: str = "/v2/health/ready",
 ) -> Iterator[Server]:
-    """``python -m ml_tasks.serve`` on a free loopback port, stopped (SIGTERM) afterwards."""
+    """``python -m ml_tasks.serve`` on a free loopback port, stopped (SIGTERM) afterwards.
+
+    The block starts when ``wait_for`` answers below 500 (readiness by default; give
+    ``/v2/health/live`` for a server that has no model to serve yet).
+    """
     port = free_port()
     home = workdir / "home"
     log_path = workdir / "server.log"
@@ -140,7 +148,7 @@ def model_server(
     url = f"http://127.0.0.1:{port}"
     with running_server(
         [steps_python(), "-m", "ml_tasks.serve", "--http-port", str(port), *args],
-        health_url=f"{url}/v2/health/ready",
+        health_url=url + wait_for,
         log_path=log_path,
         env=full_env,
         cwd=REPO,

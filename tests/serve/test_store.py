@@ -124,6 +124,8 @@ def test_sampling_rate(rate: float, low: int, high: int) -> None:
 def test_model_failure_is_a_500_without_internals() -> None:
     from kserve.errors import InferenceError
 
+    from ml_tasks.serving.batching import TickBatcher
+    from ml_tasks.serving.champion import LoadedModel
     from ml_tasks.serving.inputs import Limits, parse_v1
     from ml_tasks.serving.predictor import ClassifierModel
 
@@ -136,9 +138,14 @@ def test_model_failure_is_a_500_without_internals() -> None:
             raise RuntimeError("secret internal detail at /srv/model.py:42")
 
     model = ClassifierModel("digits", "models:/digits/1")
-    model.classifier = BrokenClassifier()
-    model.limits = Limits(image_size=8)
-    batch = parse_v1({"instances": [[[0.0] * 8] * 8]}, model.limits)
+    broken = BrokenClassifier()
+    limits = Limits(image_size=8)
+    model.swap_in(
+        LoadedModel(broken, limits, TickBatcher(broken.predict_proba)),
+        model_uri="models:/digits/1",
+        load_seconds=0.0,
+    )
+    batch = parse_v1({"instances": [[[0.0] * 8] * 8]}, limits)
     with pytest.raises(InferenceError) as raised:
         asyncio.run(model.predict(batch, {"x-request-id": "abc"}))
     assert str(raised.value) == "internal error while predicting (request id abc)"
