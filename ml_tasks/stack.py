@@ -11,8 +11,9 @@ variable):
 - a container registry (:mod:`tools.registry`: Debian's ``docker-registry``, the CNCF
   distribution registry) where ``make push`` sends the images and a kubelet would pull them,
   when ``docker-registry`` is installed (``make image-tools``);
-- the model service (``python -m ml_tasks.serve``), when a ``champion`` exists (``--no-serve``
-  skips it; without a champion it is reported as not started);
+- the model service (``python -m ml_tasks.serve``, ``--no-serve`` skips it), which follows
+  the ``champion`` alias: without one yet it is live but not ready, says why on its readiness
+  route, and serves the first champion as soon as there is one;
 - Airflow: api-server (UI), scheduler, triggerer and dag-processor, with Connections for S3
   and Label Studio, low parallelism, and three logins: ``admin``, ``approver`` (the one user
   in ``FLYWHEEL_APPROVERS``, who answers the training DAG's approval) and ``non-approver`` (the
@@ -250,6 +251,8 @@ def stack_env(state: dict[str, Any]) -> dict[str, str]:
             }
         ),
     }
+    if (serving := str(state.get("model_service", ""))).startswith("http"):
+        env["FLYWHEEL_SERVE_URL"] = serving  # what `python -m ml_tasks.feed` sends to
     if registry := state.get("registry"):
         # `make push` sends the images here; the backends name them from the same settings.
         env.update({"REGISTRY": registry, "PROJECT": "flywheel"})
@@ -418,22 +421,8 @@ def create_bucket(endpoint: str) -> None:
 
 
 def start_model_service(env: dict[str, str], state: dict[str, Any], port: int) -> str:
-    """Serve the champion if there is one (issue 4's ``ml_tasks.serve``); else say why not."""
-    if not (CODE_ROOT / "ml_tasks" / "serve.py").exists():
-        return "not started: ml_tasks.serve is not available"
-    model = os.environ.get("FLYWHEEL_MODEL_NAME", "digits")
-    check = subprocess.run(
-        [
-            venv_bin("steps", "python"),
-            "-c",
-            f"from mlflow import MlflowClient; MlflowClient().get_model_version_by_alias({model!r},"
-            " 'champion')",
-        ],
-        env=env,
-        capture_output=True,
-    )
-    if check.returncode != 0:
-        return f"not started: no {model}@champion yet (train and approve one, then run `up` again)"
+    """The model service on the champion, champion or not: it waits for one (not ready, with
+    the reason on ``/v2/health/ready``) and swaps in every version deploy makes champion."""
     pid = launch(
         "model-service",
         [
@@ -449,7 +438,8 @@ def start_model_service(env: dict[str, str], state: dict[str, Any], port: int) -
         state,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/v2/health/ready", 120, pid)
+    # Liveness: without a champion yet it is up but not ready, and that is not a failure.
+    wait_http(f"{url}/v2/health/live", 120, pid)
     return url
 
 
@@ -482,7 +472,8 @@ def describe(state: dict[str, Any]) -> str:
         f"Optuna         {state.get('optuna_dashboard')}   (studies of ml_tasks.tune)",
         f"S3             {state['s3']}   bucket {BUCKET}   keys {AWS['AWS_ACCESS_KEY_ID']} / "
         f"{AWS['AWS_SECRET_ACCESS_KEY']}   (objects kept in {state_dir() / 's3'})",
-        f"Model service  {state.get('model_service')}",
+        f"Model service  {state.get('model_service')}   (follows the champion; "
+        "/v2/health/ready says why it is not ready yet)",
         f"Registry       {state.get('registry') or state.get('registry_note')}   "
         "(make push with REGISTRY and PROJECT from the environment above)",
         f"Logs           {state_dir()}",

@@ -9,6 +9,7 @@ registered-model name of each test's own; the server (``python -m ml_tasks.serve
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests.serve.conftest import RegisteredModel, Server, model_server, wait_until
-from tests.servers import mlflow_server
+from tests.servers import free_port, mlflow_server
 
 WATCH_SECONDS = 1.0
 
@@ -347,3 +348,33 @@ def test_only_an_alias_uri_is_watched() -> None:
     assert watched_alias("models:/digits@champion") == ("digits", "champion")
     assert watched_alias("models:/digits/3") is None  # a version is never swapped
     assert watched_alias("runs:/0123/model") is None
+
+
+def test_the_stack_starts_its_model_service_without_a_champion(
+    tmp_path: Path, mlflow_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_tasks import stack
+
+    name = "digits-stack"
+    home = tmp_path / "home"
+    monkeypatch.setenv("FLYWHEEL_HOME", str(home))
+    (home / "stack").mkdir(parents=True)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_url,
+        "FLYWHEEL_MODEL_NAME": name,
+        "FLYWHEEL_LAKE_URI": (tmp_path / "lake").as_uri(),
+    }
+    env.pop("FLYWHEEL_LOG_PATH", None)
+    port = free_port()
+    try:
+        url = stack.start_model_service(env, {}, port)
+        assert url == f"http://127.0.0.1:{port}"
+        status, answer = get_url(url + "/v2/health/ready")
+        assert (status, answer.get("reason")) == (
+            503,
+            f"no {name}@champion yet in MLflow at {mlflow_url}",
+        )
+    finally:
+        stopped = stack.down()
+    assert stopped == ["model-service"]

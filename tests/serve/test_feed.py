@@ -7,6 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from ml_tasks.feed import transformed_digits
 from tests.serve.conftest import RegisteredModel, model_server, wait_until
 from tests.servers import free_port, steps_python
@@ -79,3 +81,23 @@ def test_feed_without_a_service_says_how_to_start_one(tmp_path: Path) -> None:
     assert done.returncode == 3
     assert f"cannot reach the model service at {url}" in done.stderr
     assert "ml_tasks.serve" in done.stderr
+
+
+def test_the_stack_environment_points_feed_at_the_stack_model_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ml_tasks import stack
+    from ml_tasks.feed import build_parser
+
+    state = {
+        "s3": "http://127.0.0.1:9000",
+        "mlflow": "http://127.0.0.1:5000",
+        "label_studio": {"url": "http://127.0.0.1:8080", "token": "t"},
+        "model_service": "http://127.0.0.1:8085",
+    }
+    env = stack.stack_env(state)
+    assert env["FLYWHEEL_SERVE_URL"] == "http://127.0.0.1:8085"
+    monkeypatch.setenv("FLYWHEEL_SERVE_URL", env["FLYWHEEL_SERVE_URL"])
+    assert build_parser().parse_args([]).url == "http://127.0.0.1:8085"
+    # Started with --no-serve: nothing to point at.
+    assert "FLYWHEEL_SERVE_URL" not in stack.stack_env({**state, "model_service": "not requested"})
