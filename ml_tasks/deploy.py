@@ -7,7 +7,8 @@ Runs after the approval gate, as ``python -m ml_tasks.deploy <command>``:
   (``deployments/<N>/inferenceservice.yaml``), then moves alias ``champion`` to N. The previous
   champion is kept on N as tag ``flywheel.previous_champion`` and in the ``alias_moved`` event,
   so ``rollback`` (or a person) can restore it. On the ``local`` backend this *is* the deploy
-  (``python -m ml_tasks.serve`` serves the champion); on ``kubernetes`` the orchestrator applies
+  (a running ``python -m ml_tasks.serve`` watches the alias and swaps the new champion in within
+  its ``--watch-seconds``, failing no request); on ``kubernetes`` the orchestrator applies
   the same manifest, waits for Ready, and only then runs ``promote``.
 - ``reject --model-version N --rejected-by USER``: records the decision (tags, event) and
   removes the ``challenger`` alias from N, so the next candidate is compared with the champion.
