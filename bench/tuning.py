@@ -1,6 +1,6 @@
 """Tuning throughput: trials per minute of one study with 1 and with 2 workers.
 
-The same study settings both times (the digits prepared in a temporary state folder, 4 epochs
+The same study settings both times (the digits prepared in a temporary state folder, 15 epochs
 per trial, no pruning so every trial does the same work, 12 trials, torch on 1 thread per
 worker), each worker its own process (``python -m ml_tasks.tune worker``), Optuna on PostgreSQL
 (:mod:`tools.postgres`) and MLflow a tracking server, as parallel workers are run. Trials per
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRIALS = 12
 TUNE = {
     "n_trials": TRIALS,
-    "epochs": 4,
+    "epochs": 15,
     "metric": "val_accuracy",
     "direction": "maximize",
     "seed": 1,
