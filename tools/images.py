@@ -461,7 +461,8 @@ def written_outside(name: str, allowed: Sequence[str], store: Path | None = None
     with ``readOnlyRootFilesystem`` each would have failed in the pod."""
     mount = buildah("mount", name, store=store).stdout.strip()  # .../overlay/<layer>/merged
     upper = Path(mount).parent / "diff"
-    allowed = [*allowed, "/run"]  # buildah run's own: /run/.containerenv, secrets
+    # buildah run's own, while a command runs: /run and /run/.containerenv
+    allowed = [*allowed, "/run", "/run/.containerenv"]
     found = []
     for path in upper.rglob("*"):
         rel = "/" + path.relative_to(upper).as_posix()
