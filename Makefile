@@ -14,7 +14,7 @@ PIP_VERSION := pip==26.3
 
 export FLYWHEEL_STEPS_PYTHON ?= $(STEPS_PY)
 
-.PHONY: help envs steps-env orchestrator-env label-studio-env demo chain test lint test-steps \
+.PHONY: test-fast browser help envs steps-env orchestrator-env label-studio-env demo chain test lint test-steps \
 	test-orchestrator test-images image-tools images push stack-up stack-down bench lock clean
 
 help:  ## list the targets
@@ -69,10 +69,10 @@ lint: envs  ## ruff and mypy (the steps code in its environment, the Airflow cod
 	$(ORCH)/bin/mypy plugins $(wildcard dags/*.py)
 
 test-steps: steps-env  ## the tests that run in the steps environment
-	$(STEPS_PY) -m pytest tests/unit tests/data tests/model tests/integration $(wildcard tests/serve) tests/helm tests/tuning tests/kubeflow
+	$(STEPS_PY) -m pytest tests/unit tests/data tests/model tests/integration $(wildcard tests/serve) tests/helm tests/tuning tests/kubeflow tests/docs
 
 # Each suite sets up its own Airflow home before importing Airflow: one pytest process each.
-test-orchestrator: envs label-studio-env  ## the tests that run in the orchestrator (Airflow) environment
+test-orchestrator: envs label-studio-env browser  ## the tests that run in the orchestrator (Airflow) environment
 	$(ORCH_PY) -m pytest tests/dags tests/plugins
 	$(ORCH_PY) -m pytest tests/annotation
 
@@ -82,6 +82,16 @@ test-images: envs image-tools  ## build, push, pull and run the steps and serve 
 	$(STEPS_PY) -m pytest tests/images
 
 test: lint test-steps test-orchestrator test-images  ## lint and run every test
+
+# No server starts in these: settings, events, the lake, prepare and its bad inputs, the checks,
+# the Helm values, the gates, the operators and every DAG file's parse. About two minutes.
+test-fast: envs  ## the quick loop: the tests that start no server (not marked slow)
+	$(STEPS_PY) -m pytest -q -m "not slow" tests/unit tests/data tests/helm
+	$(ORCH_PY) -m pytest -q -m "not slow" tests/plugins tests/dags/test_dag_integrity.py
+
+browser:  ## Debian's chromium for the browser tests (apt-get when missing; Playwright downloads nothing)
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 
 image-tools:  ## install buildah, docker-registry and debootstrap when one is missing (apt-get; CI runs as root)
 	$(PYTHON) -m tools.images tools

@@ -152,3 +152,13 @@ def loop(
     world.s3().create_bucket(Bucket=bucket)
     run_helper("repo", "--path", str(repo), "--bucket", bucket)
     return world
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The local stack for real (``python -m ml_tasks.stack up``), shared by the stack and
+    browser tests: starting it costs minutes."""
+    from stack_support import started_stack
+
+    with started_stack(tmp_path_factory.mktemp("stack")) as started:
+        yield started

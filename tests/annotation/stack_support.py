@@ -1,0 +1,135 @@
+"""The local stack for tests: a handle on one started by ``python -m ml_tasks.stack up``.
+
+The ``stack`` fixture (``conftest.py``) starts one per session, in a throwaway
+``FLYWHEEL_HOME`` on free ports (the same ``FLYWHEEL_STACK_*_PORT`` variables a user sets),
+against a throwaway copy of the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from annotation_support import REPO
+from repo_copy import make_repo_copy
+from servers import steps_python
+
+from ml_tasks.local_servers import free_port
+from ml_tasks.stack import PORTS
+
+# Every service's port, moved to a free one (a user's own stack may hold the defaults).
+PORT_VARIABLES = [variable for variable, _ in PORTS.values()]
+
+
+@dataclass
+class Stack:
+    home: Path
+    env: dict[str, str]
+    printed: str  # what `up` printed
+
+    def run(self, *args: str, timeout: float = 900) -> str:
+        done = subprocess.run(
+            [steps_python(), "-m", "ml_tasks.stack", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, f"stack {args[0]} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    @property
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads((self.home / "stack" / "state.json").read_text())
+        return state
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.state['airflow']['port']}"
+
+    def passwords(self) -> dict[str, str]:
+        path = self.home / "airflow" / "simple_auth_manager_passwords.json.generated"
+        passwords: dict[str, str] = json.loads(path.read_text())
+        return passwords
+
+    def api(self) -> Any:
+        from flywheel_airflow.demo import AirflowApi
+
+        return AirflowApi(self.airflow_url, self.passwords())
+
+    def shell_env(self) -> dict[str, str]:
+        """The environment ``eval "$(python -m ml_tasks.stack env)"`` gives a shell."""
+        out = self.run("env")
+        env = dict(self.env)
+        import shlex
+
+        for line in out.splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+        return env
+
+    def s3(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.state["s3"],
+            aws_access_key_id="flywheel",
+            aws_secret_access_key="flywheel-local",
+            region_name="us-east-1",
+        )
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(1)
+    raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+
+
+def dag_parsed(api: Any, dag_id: str) -> bool:
+    from flywheel_airflow.demo import ApiError
+
+    try:
+        api.call("GET", f"/dags/{dag_id}", "admin")
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+@contextmanager
+def started_stack(root: Path) -> Iterator[Stack]:
+    """``up`` in a throwaway home and repository copy on free ports; ``down`` afterwards."""
+    repo = make_repo_copy(root / "repo")
+    # A clean environment: nothing of this pytest session's Airflow, MLflow or S3 settings.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW", "MLFLOW", "AWS_", "FLYWHEEL_", "LABEL_STUDIO"))
+    }
+    env.update(
+        {
+            "FLYWHEEL_HOME": str(root / "home"),
+            "FLYWHEEL_REPO": str(repo),
+            "FLYWHEEL_STEPS_PYTHON": steps_python(),
+            **{variable: str(free_port()) for variable in PORT_VARIABLES},
+        }
+    )
+    stack = Stack(root / "home", env, "")
+    try:
+        stack.printed = stack.run("up")
+        yield stack
+    finally:
+        stack.run("down")

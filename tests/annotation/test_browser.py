@@ -1,0 +1,142 @@
+"""The loop as a person drives it, in a real browser (Debian's chromium, driven by Playwright).
+
+Against the session's local stack (the ``stack`` fixture): the approver logs in to Airflow,
+triggers training with params from the trigger form, and approves in Required Actions; the
+non-approver is shown the same buttons and is refused; MLflow's UI shows ``champion`` on the
+new version; the stack's model service answers with it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from stack_support import Stack, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Offline: no background requests to hosts this machine cannot reach.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def logged_in(browser: Any, stack: Stack, user: str) -> Any:
+    """A page of a new browser context, signed in to Airflow's UI as ``user``."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(60_000)
+    page.goto(stack.airflow_url + "/")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", stack.passwords()[user])
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.airflow_url + "/")
+    return page
+
+
+def predict(url: str) -> dict[str, Any]:
+    from ml_tasks.feed import predict as post
+    from ml_tasks.feed import transformed_digits
+
+    images = [data for _, data in transformed_digits(2, seed=5)]
+    return post(url, "digits", images, timeout=30)
+
+
+def test_a_person_trains_approves_and_the_service_follows(stack: Stack, browser: Any) -> None:
+    import subprocess
+
+    from servers import steps_python
+
+    env = stack.shell_env()
+    subprocess.run(
+        [steps_python(), "-m", "ml_tasks.dataset", "materialize"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    api = stack.api()
+
+    # The approver triggers training from the form, with params.
+    page = logged_in(browser, stack, "approver")
+    page.goto(f"{stack.airflow_url}/dags/training")
+    page.get_by_test_id("trigger-dag-button").click()
+    page.fill("input[name=element_epochs]", "4")
+    page.locator("label:has(input[name=element_force_register])").click()
+    page.get_by_test_id("trigger-dag-submit").click()
+    page.wait_for_url("**/dags/training/runs/manual__*")
+    run_id = urllib.parse.unquote(page.url.split("/runs/", 1)[1].split("/")[0])
+    conf = api.dag_run("training", run_id, "admin")["conf"]
+    assert conf["epochs"] == 4 and conf["force_register"] is True, conf
+
+    detail = api.wait_for_approval("training", "approver", timeout=900)
+    assert detail["task_instance"]["dag_run_id"] == run_id, "only the run that was asked for"
+    found = re.search(r"digits v(\d+) ", detail["subject"])
+    assert found, detail["subject"]
+    version = found[1]
+    form = f"{stack.airflow_url}/dags/training/runs/{run_id}/tasks/await_approval/required_actions"
+
+    # The non-approver sees the form and who may answer; an answer is refused.
+    intruder = logged_in(browser, stack, "non-approver")
+    intruder.goto(form)
+    assert intruder.get_by_text("may answer").is_visible()
+    intruder.get_by_role("button", name="Approve").click()
+    intruder.get_by_text("Access Denied").wait_for()
+    time.sleep(2)
+    assert api.task_states("training", run_id, "admin")["await_approval"] != "success"
+
+    # The approver approves.
+    page.goto(form)
+    page.get_by_role("button", name="Approve").click()
+    page.get_by_text("Response received").wait_for()
+
+    def finished() -> str | None:
+        state = str(api.dag_run("training", run_id, "admin")["state"])
+        return state if state in ("success", "failed") else None
+
+    assert wait_for(finished, 600, "the training run finished") == "success"
+
+    # MLflow's UI shows champion on the new version.
+    mlflow = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    mlflow.goto(f"{stack.state['mlflow']}/#/models/digits")
+    row = mlflow.locator("tr, [role=row]").filter(has_text=f"Version {version}").first
+    row.get_by_text("champion").wait_for(timeout=60_000)
+
+    # The stack's model service follows the champion without being restarted.
+    service = str(stack.state["model_service"])
+    assert service.startswith("http://"), service
+    answered = wait_for(
+        lambda: predict(service).get("model_version") == str(version), 180, "the new champion"
+    )
+    assert answered
+
+
+def test_the_trigger_form_runs_only_what_was_asked(stack: Stack) -> None:
+    """Unpausing (as the form's "Unpause on trigger" does) starts no hidden nightly run."""
+    api = stack.api()
+    runs = api.call("GET", "/dags/training/dagRuns", "admin")["dag_runs"]
+    scheduled = [r["dag_run_id"] for r in runs if r["run_type"] == "scheduled"]
+    assert not scheduled, f"runs nobody asked for: {scheduled}"
