@@ -76,6 +76,19 @@ class Stack:
             env[key] = shlex.split(value)[0] if value else ""
         return env
 
+    def with_dataset(self) -> None:
+        """The dataset in the stack's DVC remote (its S3), as on a fresh clone, and the
+        training DAG parsed: what a person has before the first training run."""
+        subprocess.run(
+            [steps_python(), "-m", "ml_tasks.dataset", "materialize"],
+            env=self.shell_env(),
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        api = self.api()
+        wait_for(lambda: dag_parsed(api, "training"), 180, "the training DAG parsed")
+
     def s3(self) -> Any:
         import boto3
 

@@ -66,18 +66,7 @@ def predict(url: str) -> dict[str, Any]:
 
 
 def test_a_person_trains_approves_and_the_service_follows(stack: Stack, browser: Any) -> None:
-    import subprocess
-
-    from servers import steps_python
-
-    env = stack.shell_env()
-    subprocess.run(
-        [steps_python(), "-m", "ml_tasks.dataset", "materialize"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    stack.with_dataset()
     api = stack.api()
 
     # The approver triggers training from the form, with params.

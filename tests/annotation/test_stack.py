@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import urllib.request
 
 import pytest
-from servers import steps_python
 from stack_support import Stack, dag_parsed, wait_for
 
 # starting the stack, a dataset push and a training run: minutes on 2 shared cores
@@ -32,17 +30,8 @@ def test_the_approver_answers_the_approval_and_the_non_approver_is_refused(
     passwords = stack.passwords()
     for user in ("admin", "approver", "non-approver"):
         assert f"{user} " in stack.printed and passwords[user] in stack.printed
-    # The dataset in the stack's DVC remote (its S3), as on a fresh clone.
-    env = stack.shell_env()
-    subprocess.run(
-        [steps_python(), "-m", "ml_tasks.dataset", "materialize"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    stack.with_dataset()
     api = stack.api()
-    wait_for(lambda: dag_parsed(api, "training"), 180, "the training DAG parsed")
     api.call("PATCH", "/dags/training", "admin", {"is_paused": False})
     api.call(
         "POST",
