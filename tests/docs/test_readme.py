@@ -33,6 +33,7 @@ ELSEWHERE: dict[str, tuple[str, str]] = {
     r"\S+ -m ml_tasks\.tune (run|create|worker|finish) .*": ("tests/tuning", "ml_tasks.tune"),
     r"\S+ -m ml_tasks\.serve --http-port 8085 &": ("tests/serve/test_readme_example.py", "serve"),
     r"curl -s localhost:8085/.*": ("tests/serve/test_readme_example.py", "curl"),
+    r"\S+ -m ml_tasks\.feed .*": ("tests/serve/test_feed.py", '"ml_tasks.feed"'),
     r"make images": ("tests/images/test_images.py", "build"),
     r"make push": ("tests/images/test_images.py", "push"),
 }
