@@ -208,3 +208,17 @@ def test_kubeflow_pipelines_overlay_sets_only_keys_kfp_has() -> None:
         ours = load_yaml(overlay / patch["path"])
         assert ours["metadata"]["name"] == upstream["metadata"]["name"]
         assert set(ours["data"]) - set(upstream["data"]) == set()
+
+
+def test_airflow_runs_the_code_its_image_bakes() -> None:
+    """The image (images/airflow) holds dags/, plugins/ and ml_tasks and points PYTHONPATH and
+    the plugins folder at them; values that override either, or git-sync dags/ alone, would
+    run DAGs beside plugins of another revision, or none."""
+    values = values_of("airflow")
+    env = {e["name"] for e in values.get("env", [])}
+    assert "PYTHONPATH" not in env
+    assert "plugins_folder" not in values.get("config", {}).get("core", {})
+    assert values["dags"]["gitSync"]["enabled"] is False
+    dockerfile = (REPO / "images" / "airflow" / "Dockerfile").read_text()
+    for baked in ("COPY dags/", "COPY plugins/", "ml_tasks", "AIRFLOW__CORE__PLUGINS_FOLDER"):
+        assert baked in dockerfile, baked
