@@ -91,7 +91,7 @@ def test_a_person_trains_approves_and_the_service_follows(stack: Stack, browser:
     # The non-approver sees the form and who may answer; an answer is refused.
     intruder = logged_in(browser, stack, "non-approver")
     intruder.goto(form)
-    assert intruder.get_by_text("may answer").is_visible()
+    intruder.get_by_text("may answer").wait_for()  # the form says who may
     intruder.get_by_role("button", name="Approve").click()
     intruder.get_by_text("Access Denied").wait_for()
     time.sleep(2)
