@@ -112,7 +112,8 @@ def test_a_person_trains_approves_and_the_service_follows(stack: Stack, browser:
     mlflow = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     mlflow.goto(f"{stack.state['mlflow']}/#/models/digits")
     row = mlflow.locator("tr, [role=row]").filter(has_text=f"Version {version}").first
-    row.get_by_text("champion").wait_for(timeout=60_000)
+    # The alias chip reads "champion"; a tag such as flywheel.previous_champion is no match.
+    row.get_by_text("champion", exact=True).first.wait_for(timeout=60_000)
 
     # The stack's model service follows the champion without being restarted.
     service = str(stack.state["model_service"])
