@@ -113,7 +113,7 @@ def test_a_person_trains_approves_and_the_service_follows(stack: Stack, browser:
     mlflow.goto(f"{stack.state['mlflow']}/#/models/digits")
     row = mlflow.locator("tr, [role=row]").filter(has_text=f"Version {version}").first
     # The alias chip reads "champion"; a tag such as flywheel.previous_champion is no match.
-    row.get_by_text("champion", exact=True).first.wait_for(timeout=60_000)
+    row.get_by_text(re.compile(r"^\W*champion$")).first.wait_for(timeout=60_000)
 
     # The stack's model service follows the champion without being restarted.
     service = str(stack.state["model_service"])
