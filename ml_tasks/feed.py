@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ml_tasks.images import encode_png
-from ml_tasks.step import StepError, add_result_option, run_step
+from ml_tasks.step import StepError, add_result_option, positive_int, run_step
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -134,13 +134,6 @@ def _send(
         result.model_versions.append(version)
 
 
-def _positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{raw}: give a whole number of at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ml_tasks.feed",
@@ -158,10 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", help="model name in the URL (default: FLYWHEEL_MODEL_NAME, else digits)"
     )
     parser.add_argument(
-        "--count", type=_positive, default=100, help="images to send (default: %(default)s)"
+        "--count", type=positive_int, default=100, help="images to send (default: %(default)s)"
     )
     parser.add_argument(
-        "--batch", type=_positive, default=8, help="images per request (default: %(default)s)"
+        "--batch", type=positive_int, default=8, help="images per request (default: %(default)s)"
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="which digits and transforms (default: %(default)s)"

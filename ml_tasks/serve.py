@@ -59,6 +59,8 @@ import os
 import sys
 from typing import Any
 
+from ml_tasks.step import positive_int
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 # While watching, no retries inside a poll (the next poll retries), and no download progress
@@ -103,13 +105,6 @@ def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
 
 
@@ -163,45 +158,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lake-uri", help="where to keep inputs (default: FLYWHEEL_LAKE_URI)")
     parser.add_argument(
         "--store-queue",
-        type=_positive,
+        type=positive_int,
         default=1000,
         help="images waiting to be written before new ones are dropped (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-batch", type=_positive, default=64, help="images per request (default: %(default)s)"
+        "--max-batch",
+        type=positive_int,
+        default=64,
+        help="images per request (default: %(default)s)",
     )
     parser.add_argument(
         "--max-image-bytes",
-        type=_positive,
+        type=positive_int,
         default=4 * 1024 * 1024,
         help="encoded bytes per image (default: %(default)s)",
     )
     parser.add_argument(
         "--max-pixels",
-        type=_positive,
+        type=positive_int,
         help="pixels per decoded image (default: params.yaml prepare.max_pixels)",
     )
     parser.add_argument(
         "--max-request-pixels",
-        type=_positive,
+        type=positive_int,
         help="decoded pixels in all the images of one request, checked before decoding "
         "(default: the --max-pixels of one image)",
     )
     parser.add_argument(
         "--decode-workers",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="processes that decode large images, off the event loop (default: %(default)s)",
     )
     parser.add_argument(
         "--max-request-bytes",
-        type=_positive,
+        type=positive_int,
         default=16 * 1024 * 1024,
         help="bytes per request body (default: %(default)s)",
     )
     parser.add_argument(
         "--torch-threads",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="torch intra-op threads (default: %(default)s)",
     )

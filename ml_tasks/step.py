@@ -56,6 +56,14 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts and limits: a usage error (exit 2) names the bad value."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def default_result_path() -> Path | None:
     return POD_RESULT_PATH if POD_RESULT_PATH.parent.is_dir() else None
 
