@@ -213,26 +213,36 @@ class AirflowApi:
         return [d for d in found["hitl_details"] if not d.get("response_received")]
 
     def wait_for_approval(
-        self, dag_id: str, user: str, *, timeout: float, alive: Any = None
+        self,
+        dag_id: str,
+        user: str,
+        *,
+        timeout: float,
+        alive: Any = None,
+        settle: float = 5.0,
     ) -> dict[str, Any]:
-        """The first approval request of ``dag_id`` whose task waits for the answer.
+        """The first approval request of ``dag_id`` whose task has waited ``settle`` seconds.
 
-        Polls every 0.5 s; ``alive()`` False stops early. The request exists a moment before
-        its task parks in ``awaiting_input``; an answer given in between is lost on SQLite
-        (both transactions read the other's old state and the run then waits forever), so
-        the answer waits for the parked state.
+        Polls every 0.5 s; ``alive()`` False stops early. Two races in Airflow 3 make an
+        instant answer harmful, so the answer waits until the task has sat parked a while:
+        the request exists a moment before its task parks in ``awaiting_input`` (an answer in
+        between is lost on SQLite and the run waits forever), and the scheduler learns that
+        the parking process ended a loop later (an answer before that re-queues the task,
+        the late "success" event then marks it up for retry, and the next try asks again).
         """
         deadline = time.monotonic() + timeout
+        parked_since: dict[tuple[str, int], float] = {}
         while time.monotonic() < deadline:
             if alive is not None and not alive():
                 raise RuntimeError("the DAG run ended before asking for approval")
-            parked = [
-                d
-                for d in self.pending_approvals(dag_id, user)
-                if (d.get("task_instance") or {}).get("state") == "awaiting_input"
-            ]
-            if parked:
-                return parked[0]
+            now = time.monotonic()
+            for detail in self.pending_approvals(dag_id, user):
+                ti = detail.get("task_instance") or {}
+                if ti.get("state") != "awaiting_input":
+                    continue
+                key = (str(ti.get("id")), int(ti.get("try_number") or 0))
+                if now - parked_since.setdefault(key, now) >= settle:
+                    return detail
             time.sleep(0.5)
         raise TimeoutError(f"no approval request from {dag_id} within {timeout:.0f} s")
 
