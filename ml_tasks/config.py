@@ -118,6 +118,19 @@ def load_params(path: Path | None = None) -> dict[str, Any]:
     return loaded
 
 
+# The training function's hyperparameters (``params.yaml``'s ``train:``) and their types: what
+# ``train`` accepts on its command line and what a ``tune:`` search space may name.
+HYPERPARAMS: dict[str, type] = {
+    "epochs": int,
+    "batch_size": int,
+    "learning_rate": float,
+    "weight_decay": float,
+    "channels": int,
+    "hidden": int,
+    "seed": int,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ml_tasks.config",

@@ -19,6 +19,18 @@ from ml_tasks.config import Settings, load_settings
 from ml_tasks.step import StepError, add_result_option, run_step
 
 
+def resolve_dataset_version(given: str | None) -> str:
+    """``given``, or the version ``data/images.dvc`` records in the work tree."""
+    if given:
+        return given
+    from ml_tasks.dataset import tracked_version
+
+    version = tracked_version(load_settings())
+    if version is None:
+        raise StepError("no --dataset-version given and data/images.dvc records none")
+    return version
+
+
 def resolve(
     settings: Settings, *, as_of: datetime | None = None, dataset_version: str | None = None
 ) -> dict[str, Any]:

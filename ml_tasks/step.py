@@ -119,16 +119,3 @@ def run_step(
         write_json_atomic(result_path, result)
     print(json.dumps(result, default=str))
     return 0
-
-
-def resolve_dataset_version(given: str | None) -> str:
-    """``given``, or the version ``data/images.dvc`` records in the work tree."""
-    if given:
-        return given
-    from ml_tasks.config import load_settings
-    from ml_tasks.dataset import tracked_version
-
-    version = tracked_version(load_settings())
-    if version is None:
-        raise StepError("no --dataset-version given and data/images.dvc records none")
-    return version

@@ -18,19 +18,10 @@ from typing import Any
 import numpy as np
 
 from ml_tasks import events
-from ml_tasks.config import Settings, load_params, load_settings
+from ml_tasks.config import HYPERPARAMS, Settings, load_params, load_settings
 from ml_tasks.lake import open_lake
-from ml_tasks.step import StepError, add_result_option, resolve_dataset_version, run_step
-
-HYPERPARAMS = {
-    "epochs": int,
-    "batch_size": int,
-    "learning_rate": float,
-    "weight_decay": float,
-    "channels": int,
-    "hidden": int,
-    "seed": int,
-}
+from ml_tasks.resolve_dataset import resolve_dataset_version
+from ml_tasks.step import StepError, add_result_option, run_step
 
 
 @dataclass

@@ -23,7 +23,8 @@ from typing import Any
 
 from ml_tasks import events
 from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.step import add_result_option, resolve_dataset_version, run_step
+from ml_tasks.resolve_dataset import resolve_dataset_version
+from ml_tasks.step import add_result_option, run_step
 from ml_tasks.tune_report import finish
 from ml_tasks.tuning import (
     PARENT_ATTR,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from ml_tasks import events
-from ml_tasks.config import Settings, load_params
+from ml_tasks.config import HYPERPARAMS, Settings, load_params
 from ml_tasks.step import InfrastructureError, StepError
 
 STORAGE_ENV = "FLYWHEEL_OPTUNA_STORAGE"
@@ -41,8 +41,6 @@ class TuneConfig:
 
 def load_tune_config(settings: Settings) -> TuneConfig:
     """``params.yaml``'s ``tune:`` section, validated: every error names the entry at fault."""
-    from ml_tasks.train import HYPERPARAMS
-
     params = load_params(settings.params_path)
     tune = params.get("tune")
     if not isinstance(tune, dict):
@@ -97,8 +95,6 @@ def load_tune_config(settings: Settings) -> TuneConfig:
 
 def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Sample one value per entry of the (validated) space."""
-    from ml_tasks.train import HYPERPARAMS
-
     values: dict[str, Any] = {}
     for name, spec in space.items():
         if "choices" in spec:

@@ -20,7 +20,8 @@ import numpy as np
 
 from ml_tasks import events
 from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.step import StepError, add_result_option, resolve_dataset_version, run_step
+from ml_tasks.resolve_dataset import resolve_dataset_version
+from ml_tasks.step import StepError, add_result_option, run_step
 from ml_tasks.tracking import call_tracked
 
 CHAMPION, CHALLENGER = "champion", "challenger"
