@@ -61,12 +61,13 @@ chain: steps-env  ## run the four steps back to back, without Airflow
 demo: envs  ## run the main job on the embedded default: the training DAG under `airflow dags test`
 	$(ORCH_PY) -m flywheel_airflow.demo
 
-lint: envs  ## ruff and mypy (the steps code in its environment, the Airflow code in its own)
+lint: envs  ## ruff, mypy (the steps code in its environment, the Airflow code in its own), import contracts
 	$(STEPS)/bin/ruff check .
 	$(STEPS)/bin/ruff format --check .
 	$(STEPS)/bin/mypy ml_tasks tools
 	$(STEPS)/bin/hadolint images/*/Dockerfile
 	$(ORCH)/bin/mypy plugins $(wildcard dags/*.py)
+	$(ORCH)/bin/lint-imports --no-cache --no-logo  # the import contracts in pyproject.toml
 
 test-steps: steps-env  ## the tests that run in the steps environment
 	$(STEPS_PY) -m pytest tests/unit tests/data tests/model tests/integration $(wildcard tests/serve) tests/helm tests/tuning tests/kubeflow tests/docs
