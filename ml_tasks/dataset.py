@@ -31,6 +31,7 @@ import numpy as np
 
 from ml_tasks import events
 from ml_tasks.config import Settings, load_settings, safe_yaml
+from ml_tasks.exit_codes import EXIT_STEP_ERROR
 from ml_tasks.images import content_hash, encode_png
 from ml_tasks.step import StepError
 
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             out = version_as_of(settings, args.when).to_json()
     except StepError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_STEP_ERROR
     print(json.dumps(out, indent=2))
     return 0
 

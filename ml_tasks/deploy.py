@@ -32,6 +32,7 @@ from typing import Any
 
 from ml_tasks import events
 from ml_tasks.config import Settings, load_settings
+from ml_tasks.exit_codes import EXIT_STEP_ERROR
 from ml_tasks.step import StepError, add_result_option, run_step
 from ml_tasks.tracking import call_tracked
 
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(render(settings, args.model_version, args.canary_percent)), end="")
         except StepError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 3
+            return EXIT_STEP_ERROR
         return 0
     bodies = {
         "promote": lambda: promote(

@@ -24,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ml_tasks import events
+from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 POD_RESULT_PATH = Path("/airflow/xcom/return.json")
-EXIT_STEP_ERROR = 3
-EXIT_INFRASTRUCTURE = (
-    75  # sysexits.h EX_TEMPFAIL: "temporary failure; the user is invited to retry"
-)
 
 
 class StepError(Exception):

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ml_tasks.config import load_settings
+from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 from ml_tasks.lake import open_lake
-from ml_tasks.step import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR, StepError, run_step
+from ml_tasks.step import StepError, run_step
 
 MEANING = {
     EXIT_STEP_ERROR: "bad input, do not retry",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 from ml_tasks.pipelines.rest import (
     TERMINAL,
     KfpClient,
@@ -29,7 +30,6 @@ from ml_tasks.pipelines.rest import (
     KfpUnavailable,
     run_error,
 )
-from ml_tasks.step import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 
 def compiled(pipeline_func: Any) -> bytes:

@@ -15,7 +15,8 @@ import pytest
 
 from ml_tasks import workspace
 from ml_tasks.config import load_settings
-from ml_tasks.step import EXIT_INFRASTRUCTURE, InfrastructureError, run_step
+from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE
+from ml_tasks.step import InfrastructureError, run_step
 from tests.repo_copy import make_repo_copy
 
 

@@ -21,8 +21,8 @@ import subprocess
 import time
 from typing import Any
 
-EXIT_STEP_ERROR = 3
-EXIT_INFRASTRUCTURE = 75
+from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
+
 DEFAULT_TIMEOUT = 6 * 3600.0
 
 
