@@ -5,6 +5,7 @@ Standard library only, so the orchestrator environment can use it too.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -23,20 +24,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_http(url: str, timeout: float, alive: Callable[[], bool] | None = None) -> None:
-    """Wait until ``url`` answers below 500; fail early when ``alive()`` says the server died."""
+def answered(response: http.client.HTTPResponse) -> bool:
+    """The default readiness test: any answer below 500."""
+    return response.status < 500
+
+
+def wait_for_http(
+    url: str,
+    timeout: float,
+    alive: Callable[[], bool] | None = None,
+    *,
+    ready: Callable[[http.client.HTTPResponse], bool] = answered,
+    every: float = 0.3,
+    request_timeout: float = 2,
+) -> None:
+    """Wait until ``url`` answers and ``ready(response)`` holds (default: a status below 500).
+
+    Raises RuntimeError as soon as ``alive()`` says the server died, TimeoutError (with the last
+    error seen) when ``timeout`` seconds pass first.
+    """
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
+    last: object = None
     while time.monotonic() < deadline:
         if alive is not None and not alive():
             raise RuntimeError(f"the server for {url} exited before answering")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status < 500:
+            with urllib.request.urlopen(url, timeout=request_timeout) as response:
+                if ready(response):
                     return
+                last = f"not ready (HTTP {response.status})"
         except OSError as exc:
             last = exc
-        time.sleep(0.3)
+        time.sleep(every)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s: {last}")
 
 

@@ -43,13 +43,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from ml_tasks.annotation import label_studio_server as lss
 from ml_tasks.config import load_settings
+from ml_tasks.local_servers import wait_for_http
 
 IMAGES = ("steps", "serve")
 
@@ -188,18 +187,12 @@ def launch(name: str, command: list[str], env: dict[str, str], state: dict[str, 
 
 
 def wait_http(url: str, timeout: float, pid: int | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pid is not None and not alive(pid):
-            raise StackError(f"the service for {url} exited; see its log in {state_dir()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status < 500:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise StackError(f"{url} did not answer within {timeout:.0f}s")
+    try:
+        wait_for_http(url, timeout, None if pid is None else lambda: alive(pid), every=0.5)
+    except RuntimeError:
+        raise StackError(f"the service for {url} exited; see its log in {state_dir()}") from None
+    except TimeoutError:
+        raise StackError(f"{url} did not answer within {timeout:.0f}s") from None
 
 
 def alive(pid: int) -> bool:

@@ -14,11 +14,11 @@ import argparse
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ml_tasks.local_servers import wait_for_http
 
 DEFAULT_PORT = 5050  # the stack's MLflow has 5000
 PORT_VARIABLE = "FLYWHEEL_STACK_REGISTRY_PORT"
@@ -48,16 +48,12 @@ def registry_command(root: Path, port: int) -> list[str]:
 
 def wait_until_up(port: int, timeout: float = 30.0) -> None:
     """Wait for the registry's API root (``/v2/``) to answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no registry answered on 127.0.0.1:{port}") from None
-        time.sleep(0.2)
+    try:
+        wait_for_http(
+            f"http://127.0.0.1:{port}/v2/", timeout, ready=lambda r: r.status == 200, every=0.2
+        )
+    except TimeoutError:
+        raise TimeoutError(f"no registry answered on 127.0.0.1:{port}") from None
 
 
 @contextmanager

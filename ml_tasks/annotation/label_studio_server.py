@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import secrets
@@ -22,12 +23,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ml_tasks.local_servers import free_port
+from ml_tasks.local_servers import free_port, wait_for_http
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_USERNAME = "admin@flywheel.local"
@@ -119,22 +118,29 @@ def server_env(*, username: str, password: str, token: str, data_dir: Path) -> d
     }
 
 
+def _reports_up(response: http.client.HTTPResponse) -> bool:
+    try:
+        return bool(json.loads(response.read() or b"{}").get("status") == "UP")
+    except ValueError:
+        return False
+
+
 def wait_until_up(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise LabelStudioError(
-                f"Label Studio exited with {proc.returncode} before {url} was up"
-            )
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=3) as response:
-                if json.loads(response.read() or b"{}").get("status") == "UP":
-                    return
-        except (OSError, ValueError) as exc:
-            last = exc
-        time.sleep(0.5)
-    raise LabelStudioError(f"Label Studio at {url} not healthy after {timeout:.0f}s: {last}")
+    """Wait until ``/health`` reports UP; fail early when ``proc`` (the server) exits."""
+    try:
+        wait_for_http(
+            f"{url}/health",
+            timeout,
+            None if proc is None else lambda: proc.poll() is None,
+            ready=_reports_up,
+            every=0.5,
+            request_timeout=3,
+        )
+    except RuntimeError:
+        code = None if proc is None else proc.returncode
+        raise LabelStudioError(f"Label Studio exited with {code} before {url} was up") from None
+    except TimeoutError as exc:
+        raise LabelStudioError(f"Label Studio at {url} not healthy: {exc}") from None
 
 
 def start(
