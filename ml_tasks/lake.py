@@ -20,6 +20,13 @@ from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 
+def s3_objects(client: Any, bucket: str, prefix: str = "") -> Iterator[dict[str, Any]]:
+    """Every object under ``prefix`` in ``bucket`` (``Key``, ``Size``, ``ETag``...): each page of
+    ``list_objects_v2`` in turn, so a listing longer than a page (1,000 keys) is complete."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
 class LakeError(RuntimeError):
     """The lake cannot be reached or holds something unexpected."""
 
@@ -200,11 +207,9 @@ class S3Lake:
         return head
 
     def list(self, prefix: str) -> Iterator[str]:
-        paginator = self.client.get_paginator("list_objects_v2")
         strip = len(self.prefix) + 1 if self.prefix else 0
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            for obj in page.get("Contents", []):
-                yield obj["Key"][strip:]
+        for obj in s3_objects(self.client, self.bucket, self._key(prefix)):
+            yield obj["Key"][strip:]
 
     def copy(self, src: str, dst: str) -> None:
         self.client.copy_object(

@@ -57,7 +57,7 @@ from ml_tasks.annotation.batches import (
     write_json,
 )
 from ml_tasks.config import load_settings
-from ml_tasks.lake import Lake, LakeError, LocalLake, S3Lake, open_lake
+from ml_tasks.lake import Lake, LakeError, LocalLake, S3Lake, open_lake, s3_objects
 from ml_tasks.step import StepError, add_result_option, run_step
 
 WORKERS = 10  # botocore's default connection pool size
@@ -104,10 +104,8 @@ class ClaimStore:
             return found_local
         strip = len(lake.prefix) + 1 if lake.prefix else 0
         found: dict[str, Listed] = {}
-        paginator = lake.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=lake.bucket, Prefix=self._s3_key(prefix)):
-            for obj in page.get("Contents", []):
-                found[obj["Key"][strip:]] = Listed(int(obj["Size"]), str(obj["ETag"]).strip('"'))
+        for obj in s3_objects(lake.client, lake.bucket, self._s3_key(prefix)):
+            found[obj["Key"][strip:]] = Listed(int(obj["Size"]), str(obj["ETag"]).strip('"'))
         return found
 
     def create_once(self, key: str, body: bytes) -> bool:

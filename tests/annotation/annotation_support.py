@@ -60,12 +60,9 @@ class Loop:
         )
 
     def keys(self, prefix: str) -> list[str]:
-        found: list[str] = []
-        for page in (
-            self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        ):
-            found += [o["Key"] for o in page.get("Contents", [])]
-        return found
+        from ml_tasks.lake import s3_objects
+
+        return [o["Key"] for o in s3_objects(self.s3(), self.bucket, prefix)]
 
     def put_incoming(self, count: int, seed: int) -> list[str]:
         return list(

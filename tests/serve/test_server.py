@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from ml_tasks.images import content_hash, decode_image, encode_png
+from ml_tasks.lake import s3_objects
 from tests.serve.conftest import MODEL_NAME, RegisteredModel, Server, model_server, wait_until
 from tests.servers import free_port, s3_server
 
@@ -461,13 +462,7 @@ def test_sampled_requests_leave_image_and_sidecar_in_s3(
         sent[request_id] = (encoded, answer["predictions"][0]["label"])
 
     def sidecars() -> dict[str, dict[str, Any]]:
-        keys = [
-            o["Key"]
-            for page in s3.get_paginator("list_objects_v2").paginate(
-                Bucket=BUCKET, Prefix="incoming/"
-            )
-            for o in page.get("Contents", [])
-        ]
+        keys = [o["Key"] for o in s3_objects(s3, BUCKET, "incoming/")]
         found = {}
         for key in keys:
             if key.endswith(".json"):

@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 
+from ml_tasks.lake import s3_objects
 from ml_tasks.local_servers import free_port, wait_for_http
 
 BUCKET = "lake"
@@ -52,8 +53,7 @@ def endpoint(data_dir: Path, port: int) -> Iterator[Any]:
 
 
 def listing(s3: Any, bucket: str) -> list[str]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+    return sorted(o["Key"] for o in s3_objects(s3, bucket))
 
 
 def test_every_acknowledged_change_survives_a_kill(tmp_path: Path) -> None:

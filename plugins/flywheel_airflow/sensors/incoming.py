@@ -60,12 +60,11 @@ class IncomingImagesSensor(BaseSensorOperator):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         from ml_tasks.annotation.batches import count_waiting
+        from ml_tasks.lake import s3_objects
 
         bucket, prefix = self._location()
         client = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
-        keys: list[str] = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys += [obj["Key"] for obj in page.get("Contents", [])]
+        keys = [obj["Key"] for obj in s3_objects(client, bucket, prefix)]
         return count_waiting(keys, prefix)
 
     def poke(self, context: Any) -> bool | Any:
