@@ -78,20 +78,26 @@ def changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return lines
 
 
-def repository_copy(dest: Path) -> Path:
-    """A git repository with this checkout's dataset files, committed once (a fresh clone's)."""
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo``; its standard output (a failure raises, with git's error)."""
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def repository_copy(dest: Path, *, who: str = "bench") -> Path:
+    """A git repository with this checkout's dataset files, committed once (a fresh clone's).
+
+    The benchmarks and the tests that run DVC and git work on such a copy (``FLYWHEEL_REPO``),
+    never on the checkout, its DVC cache or its history; ``who`` names the committer.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for rel in DATASET_FILES:
         if (REPO / rel).exists():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(REPO / rel, dest / rel)
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
-
-    git("init", "-q", "-b", "main")
-    git("config", "user.email", "bench@flywheel.invalid")
-    git("config", "user.name", "Flywheel bench")
-    git("add", "-A")
-    git("commit", "-q", "-m", "fresh clone")
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "config", "user.email", f"{who}@flywheel.invalid")
+    git(dest, "config", "user.name", f"Flywheel {who}")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "fresh clone")
     return dest
