@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, TypedDict
 
+from tabulate import tabulate
+
 
 class Row(TypedDict):
     benchmark: str
@@ -44,13 +46,7 @@ def fmt(value: Any) -> str:
 def render(rows: list[Row]) -> str:
     headers = ["benchmark", "measure", "value", "baseline", "ratio", "target", "ok"]
     cells = [[fmt(r[h]) for h in headers] for r in rows]  # type: ignore[literal-required]
-    widths = [
-        max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
-    ]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
-    return "\n".join(out)
+    return str(tabulate(cells, headers, disable_numparse=True, stralign="left"))
 
 
 def missed(rows: list[Row]) -> list[Row]:

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
 from ml_tasks.config import load_settings
 from ml_tasks.events import read_events
 
@@ -54,6 +56,18 @@ def history(path: Path, **ids: str | None) -> list[dict[str, Any]]:
     return sorted(reversed(found), key=lambda e: str(e.get("ts", "")), reverse=True)
 
 
+# The widest a column's cell may be (a longer value is cut, ending in "…").
+WIDTHS = {
+    "ts": 29,
+    "component": 10,
+    "action": 24,
+    "who": 14,
+    "model_version": 7,
+    "dataset_version": 12,
+    "run_id": 36,
+}
+
+
 def _cell(value: Any, width: int) -> str:
     text = "" if value is None else str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -61,30 +75,17 @@ def _cell(value: Any, width: int) -> str:
 
 def format_table(rows: Iterable[dict[str, Any]]) -> str:
     """A table a person can read: the ids in columns, everything else as ``key=value``."""
-    widths = {
-        "ts": 29,
-        "component": 10,
-        "action": 24,
-        "who": 14,
-        "model_version": 7,
-        "dataset_version": 12,
-        "run_id": 36,
-    }
-    header = "  ".join(
-        c.replace("model_version", "model").replace("dataset_version", "dataset").ljust(widths[c])
-        for c in COLUMNS
-    )
-    lines = [header, "-" * len(header)]
+    headers = [c.replace("_version", "") for c in COLUMNS] + ["detail"]
+    cells = []
     for event in rows:
-        cells = "  ".join(_cell(event.get(c), widths[c]).ljust(widths[c]) for c in COLUMNS)
         rest = {
             k: v
             for k, v in event.items()
             if k not in COLUMNS and k not in ("level", "task_id", "dag_id", "try_number")
         }
         detail = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in rest.items())
-        lines.append(f"{cells}  {detail}".rstrip())
-    return "\n".join(lines)
+        cells.append([_cell(event.get(c), WIDTHS[c]) for c in COLUMNS] + [detail])
+    return str(tabulate(cells, headers, disable_numparse=True, stralign="left"))
 
 
 def main(argv: list[str] | None = None) -> int:
