@@ -48,20 +48,10 @@ CONCURRENCY = 16
 
 def register_model(root: Path) -> tuple[str, np.ndarray]:
     """Train and register the model; returns the tracking URI and uint8 test digits."""
-    import mlflow
+    from bench.models import register_digits
 
-    from ml_tasks.train import digits_data, fit_and_register
-
-    data, pixels = digits_data()
-    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    experiment = mlflow.create_experiment("bench", artifact_location=(root / "art").as_uri())
-    hp = {"epochs": 3, "batch_size": 64, "learning_rate": 0.01, "weight_decay": 0.0}
-    fit_and_register(
-        data, {**hp, "channels": 16, "hidden": 64, "seed": 0}, MODEL, experiment_id=experiment
-    )
-    return tracking_uri, pixels[data.split == "test"][:64]
+    champion = register_digits(root, MODEL, "bench", epochs=3, channels=16, hidden=64)
+    return champion.tracking_uri, champion.pixels[champion.data.split == "test"][:64]
 
 
 @contextmanager

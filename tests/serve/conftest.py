@@ -41,28 +41,17 @@ class RegisteredModel:
 
 def train_and_register(root: Path, epochs: int = 4) -> RegisteredModel:
     """Fit a small CNN on the digits and register it as ``digits@champion`` under ``root``."""
-    import mlflow
+    from bench.models import register_digits
 
-    from ml_tasks.train import digits_data, fit_and_register
-
-    data, pixels = digits_data()
-    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    experiment = mlflow.create_experiment("serve-tests", artifact_location=(root / "art").as_uri())
-    hp = {"batch_size": 64, "learning_rate": 0.01, "weight_decay": 0.0, "seed": 0}
-    version, _ = fit_and_register(
-        data,
-        {**hp, "epochs": epochs, "channels": 8, "hidden": 32},
-        MODEL_NAME,
-        experiment_id=experiment,
+    champion = register_digits(
+        root, MODEL_NAME, "serve-tests", epochs=epochs, channels=8, hidden=32
     )
     return RegisteredModel(
-        tracking_uri=tracking_uri,
+        tracking_uri=champion.tracking_uri,
         uri=f"models:/{MODEL_NAME}@champion",
-        version=version,
-        classes=data.classes,
-        test_images=pixels[data.split == "test"],
+        version=champion.version,
+        classes=champion.data.classes,
+        test_images=champion.pixels[champion.data.split == "test"],
     )
 
 
