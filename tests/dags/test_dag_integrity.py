@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import os
@@ -101,6 +102,33 @@ def test_dag_file_imports_without_errors_or_heavy_modules(path: Path) -> None:
     assert first["heavy"] == [], f"{path.name} imports {first['heavy']} at parse time"
     # A static start date parses to the same value every time (no now(), no days_ago).
     assert parse_in_fresh_interpreter(path)["start_dates"] == first["start_dates"]
+
+
+def call_name(node: ast.Call) -> str:
+    func = node.func
+    return func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_files_share_one_style(path: Path) -> None:
+    """``@dag``-decorated functions, never ``with DAG(...)``; every ``datetime(...)`` is aware,
+    so the date is the same whatever ``default_timezone`` a deployment configures."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    assert not [c.lineno for c in calls if call_name(c) == "DAG"], "use @dag, not DAG(...)"
+    decorated = [
+        f.name
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef)
+        and any(isinstance(d, ast.Call) and call_name(d) == "dag" for d in f.decorator_list)
+    ]
+    assert decorated, f"{path.name} defines no @dag function"
+    naive = [
+        c.lineno
+        for c in calls
+        if call_name(c) == "datetime" and not any(k.arg == "tzinfo" for k in c.keywords)
+    ]
+    assert not naive, f"{path.name}: naive datetime(...) on lines {naive}"
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
