@@ -6,6 +6,7 @@ import ast
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -17,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 DAG_IDS = ("flywheel_ingest", "flywheel_intake", "training", "tuning")
+JINJA_LOGIC = re.compile(r"\bif\b|\bis\b|\bnot\b|\band\b|\bor\b|~|\||\+")
 HEAVY = ("torch", "mlflow", "great_expectations", "kserve", "kfp", "label_studio_sdk")
 
 
@@ -112,7 +114,8 @@ def call_name(node: ast.Call) -> str:
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
 def test_dag_files_share_one_style(path: Path) -> None:
     """``@dag``-decorated functions, never ``with DAG(...)``; every ``datetime(...)`` is aware,
-    so the date is the same whatever ``default_timezone`` a deployment configures."""
+    so the date is the same whatever ``default_timezone`` a deployment configures; templates
+    hold values only."""
     tree = ast.parse(path.read_text(), filename=str(path))
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
     assert not [c.lineno for c in calls if call_name(c) == "DAG"], "use @dag, not DAG(...)"
@@ -129,6 +132,17 @@ def test_dag_files_share_one_style(path: Path) -> None:
         if call_name(c) == "datetime" and not any(k.arg == "tzinfo" for k in c.keywords)
     ]
     assert not naive, f"{path.name}: naive datetime(...) on lines {naive}"
+    # A template holds a value (a name, an attribute, a macro call), never logic: conditions,
+    # concatenation and filters live in Python (flywheel_airflow.arguments), where they are
+    # tested.
+    templates = [
+        (node.lineno, expression)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        for expression in re.findall(r"\{\{(.*?)\}\}|\{%", node.value, flags=re.S)
+    ]
+    logic = [(line, e) for line, e in templates if not e or JINJA_LOGIC.search(e)]
+    assert not logic, f"{path.name}: logic in templates {logic}"
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
