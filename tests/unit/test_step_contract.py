@@ -6,6 +6,7 @@ keep up to date.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -106,6 +107,21 @@ def test_refused_input_exits_3_and_writes_no_result(
     failed = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     component = argv[0].rsplit(".", 1)[-1]
     assert failed[-1]["action"] == "failed" and failed[-1]["component"] == component
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14: dataset.py answers a StepError with exit 1 (a crash, retried), not 3",
+)
+def test_a_refused_dataset_date_exits_3(flywheel_home: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ml_tasks.dataset", "as-of", "1990-01-01"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FLYWHEEL_REPO": str(tmp_path)},
+    )
+    assert "error: no dataset version existed at 1990-01-01" in done.stderr
+    assert done.returncode == 3
 
 
 def test_a_step_writes_its_result_where_asked(flywheel_home: Path, tmp_path: Path) -> None:
