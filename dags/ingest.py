@@ -17,25 +17,27 @@ Connections: `flywheel_s3` (aws), optional `flywheel_git` (login + token).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, task
+from airflow.sdk import dag, task
 from flywheel_airflow.assets import dataset_asset
 from flywheel_airflow.operators.connected_step import ConnectedStepOperator
 
 DATASET = dataset_asset()
 
-with DAG(
+
+@dag(
     dag_id="flywheel_ingest",
     doc_md=__doc__,
-    start_date=datetime(2025, 1, 1),
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
     schedule="@hourly",
     catchup=False,
     max_active_runs=1,  # one writer of the dataset and the git history at a time
     tags=["flywheel", "annotation", "dataset"],
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
-) as dag:
+)
+def flywheel_ingest() -> None:
     ingest_annotations = ConnectedStepOperator(
         task_id="ingest_annotations",
         step="annotation.ingest",
@@ -70,3 +72,6 @@ with DAG(
         return str(version)
 
     publish_dataset_version(ingest_annotations.output)
+
+
+flywheel_ingest()

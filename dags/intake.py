@@ -18,9 +18,9 @@ lake's endpoint and keys) and `flywheel_label_studio` (http, host = URL, passwor
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import Param, dag
 from flywheel_airflow.operators.connected_step import ConnectedStepOperator
 from flywheel_airflow.sensors.incoming import IncomingImagesSensor
 
@@ -28,10 +28,11 @@ S3_CONN = "flywheel_s3"
 LABEL_STUDIO_CONN = "flywheel_label_studio"
 BATCH = ["--run-id", "{{ run_id }}"]
 
-with DAG(
+
+@dag(
     dag_id="flywheel_intake",
     doc_md=__doc__,
-    start_date=datetime(2025, 1, 1),
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
     schedule=timedelta(minutes=30),
     catchup=False,
     max_active_runs=2,  # overlapping runs are safe: each image is claimed once
@@ -48,7 +49,8 @@ with DAG(
         ),
     },
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
-) as dag:
+)
+def flywheel_intake() -> None:
     wait_for_images = IncomingImagesSensor(
         task_id="wait_for_images",
         min_images="{{ params.min_images }}",
@@ -76,3 +78,6 @@ with DAG(
         connections={"s3": S3_CONN, "label_studio": LABEL_STUDIO_CONN},
     )
     wait_for_images >> claim_images >> preannotate >> create_tasks
+
+
+flywheel_intake()

@@ -31,6 +31,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import AssetOrTimeSchedule, Param, dag, task
+from flywheel_airflow.arguments import MACROS
 from flywheel_airflow.assets import dataset_asset
 from flywheel_airflow.gates import (
     AWAIT_APPROVAL,
@@ -53,11 +54,6 @@ APPROVED_BY = "{{ approval_responder(ti, approved=True) }}"
 REJECTED_BY = "{{ approval_responder(ti, approved=False) }}"
 
 
-def optional(flag: str, param: str) -> str:
-    """One templated argument, ``--flag=value``, or nothing when the param is unset."""
-    return f"{{{{ '{flag}=' ~ params.{param} if params.{param} is not none else '' }}}}"
-
-
 @dag(
     dag_id="training",
     schedule=AssetOrTimeSchedule(
@@ -74,6 +70,7 @@ def optional(flag: str, param: str) -> str:
     tags=["flywheel", "training", "mlops"],
     doc_md=__doc__,
     user_defined_macros={
+        **MACROS,
         "is_backfill": is_backfill,
         "approval_responder": approval_responder,
         "rejection_reason": rejection_reason,
@@ -123,8 +120,8 @@ def training() -> None:
         task_id="resolve_dataset",
         step="resolve_dataset",
         arguments=[
-            "{{ '--as-of=' ~ logical_date.isoformat() if is_backfill(dag_run) else '' }}",
-            optional("--dataset-version", "dataset_version"),
+            "{{ option('--as-of', backfill_date(dag_run)) }}",
+            "{{ option('--dataset-version', params.dataset_version) }}",
         ],
     )
     prepare = StepOperator(
@@ -140,13 +137,11 @@ def training() -> None:
             "--caller-run-id",
             "{{ run_id }}",
             "--no-progress",
-            # Runs triggered by hand (UI, CLI, REST) have no logical date in Airflow 3: the
-            # name is then undefined in the context, not None.
-            "{{ '--logical-date=' ~ logical_date.isoformat() "
-            "if logical_date is defined and logical_date else '' }}",
-            optional("--epochs", "epochs"),
-            optional("--learning-rate", "learning_rate"),
-            "{{ '--use-best-params' if params.use_best_params else '' }}",
+            # Runs triggered by hand (UI, CLI, REST) have no logical date in Airflow 3.
+            "{{ option('--logical-date', dag_run.logical_date) }}",
+            "{{ option('--epochs', params.epochs) }}",
+            "{{ option('--learning-rate', params.learning_rate) }}",
+            "{{ switch('--use-best-params', params.use_best_params) }}",
         ],
         execution_timeout=timedelta(hours=6),
     )
@@ -160,9 +155,9 @@ def training() -> None:
             DATASET,
             "--caller-run-id",
             "{{ run_id }}",
-            "{{ '--force-register' if params.force_register else '' }}",
-            "{{ '--evaluate-only' if is_backfill(dag_run) else '' }}",
-            optional("--min-improvement", "min_improvement"),
+            "{{ switch('--force-register', params.force_register) }}",
+            "{{ switch('--evaluate-only', is_backfill(dag_run)) }}",
+            "{{ option('--min-improvement', params.min_improvement) }}",
         ],
     )
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
+from flywheel_airflow.arguments import MACROS
 from flywheel_airflow.operators.step import StepOperator
 
 DATASET = "{{ ti.xcom_pull(task_ids='resolve_dataset')['dataset_version'] }}"
@@ -39,6 +40,7 @@ DATASET = "{{ ti.xcom_pull(task_ids='resolve_dataset')['dataset_version'] }}"
     dagrun_timeout=timedelta(days=1),
     tags=["flywheel", "tuning", "mlops"],
     doc_md=__doc__,
+    user_defined_macros=MACROS,
     params={
         "trials": Param(20, type="integer", minimum=1, maximum=1000, description="trials in all"),
         "workers": Param(2, type="integer", minimum=1, maximum=64, description="parallel workers"),
@@ -60,10 +62,7 @@ def tuning() -> None:
     resolve_dataset = StepOperator(
         task_id="resolve_dataset",
         step="resolve_dataset",
-        arguments=[
-            "{{ '--dataset-version=' ~ params.dataset_version "
-            "if params.dataset_version is not none else '' }}"
-        ],
+        arguments=["{{ option('--dataset-version', params.dataset_version) }}"],
     )
     prepare = StepOperator(
         task_id="prepare", step="prepare", arguments=["--dataset-version", DATASET, "--no-progress"]
@@ -76,7 +75,7 @@ def tuning() -> None:
             "--dataset-version",
             DATASET,
             "--study",
-            "tuning-{{ run_id | replace(':', '') | replace('+', '') }}",
+            "{{ study_name(run_id) }}",
             "--caller-run-id",
             "{{ run_id }}",
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,28 @@ def test_dag_file_is_wiring_only(name: str, airflow_home: Path, monkeypatch: Any
     dag = load(name)
     assert dag.doc_md and dag.tags and "flywheel" in dag.tags
     assert all(task.retries >= 2 for task in dag.tasks)
-    assert dag.start_date is not None and dag.start_date.year == 2025
+    assert dag.start_date is not None and dag.start_date.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("name", "interval"), [("intake", timedelta(minutes=30)), ("ingest", timedelta(hours=1))]
+)
+def test_a_new_deployment_starts_now_without_a_backlog(
+    name: str, interval: timedelta, airflow_home: Path
+) -> None:
+    """The scheduler's first run of the DAG, from the serialized DAG as the scheduler reads
+    it: within one interval of now, not one run per interval since the start date."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(load(name)))
+    now = datetime.now(UTC)
+    first = dag.timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=dag.catchup),
+    )
+    assert dag.start_date < now - interval  # there is a past that could be caught up
+    assert first is not None and now - interval <= first.run_after <= now + interval
 
 
 def test_intake_runs_claim_preannotate_tasks_after_the_sensor(airflow_home: Path) -> None:

@@ -1,9 +1,11 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ml_tasks.config import ConfigError, load_params, load_settings
 
@@ -31,10 +33,67 @@ def test_unknown_backend_is_refused(flywheel_home: Path, monkeypatch: pytest.Mon
         load_settings()
 
 
-def test_params_are_grouped_by_stage() -> None:
-    params = load_params()
-    assert {"prepare", "checks", "train", "validate"} <= set(params)
-    assert len(params["prepare"]["classes"]) == 10
+def test_params_come_from_the_file_the_environment_names(
+    flywheel_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("train:\n  epochs: 7\n  lr: 0.5\n")
+    monkeypatch.setenv("FLYWHEEL_PARAMS", str(mine))
+    assert load_settings().params_path == mine
+    assert load_params() == {"train": {"epochs": 7, "lr": 0.5}}
+
+
+def test_params_default_to_the_repository_the_environment_names(
+    flywheel_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLYWHEEL_PARAMS", raising=False)
+    monkeypatch.setenv("FLYWHEEL_REPO", str(tmp_path))
+    (tmp_path / "params.yaml").write_text("validate:\n  margin: 0.25\n")
+    assert load_params() == {"validate": {"margin": 0.25}}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (None, "no params file at"),
+        ("- a list\n- not stages\n", "must hold a mapping of stage names"),
+        ("", "must hold a mapping of stage names"),
+    ],
+    ids=["missing", "a list", "empty"],
+)
+def test_unusable_params_are_refused_by_name(tmp_path: Path, text: str | None, error: str) -> None:
+    path = tmp_path / "params.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=error) as refused:
+        load_params(path)
+    assert str(path) in str(refused.value)
+
+
+def test_yaml_is_read_safely(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(yaml.YAMLError, match="python/object/apply"):
+        load_params(path)
+
+
+def test_config_command_refuses_bad_settings_with_a_usage_error(
+    flywheel_home: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "FLYWHEEL_PARAMS": str(tmp_path / "absent.yaml")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ml_tasks.config", "--params"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == f"error: no params file at {tmp_path / 'absent.yaml'}"
+    env = {**os.environ, "FLYWHEEL_BACKEND": "mainframe"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ml_tasks.config"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 2 and "FLYWHEEL_BACKEND='mainframe'" in done.stderr
 
 
 def test_config_command_prints_json(flywheel_home: Path) -> None:
