@@ -109,10 +109,6 @@ def test_refused_input_exits_3_and_writes_no_result(
     assert failed[-1]["action"] == "failed" and failed[-1]["component"] == component
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14: dataset.py answers a StepError with exit 1 (a crash, retried), not 3",
-)
 def test_a_refused_dataset_date_exits_3(flywheel_home: Path, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ml_tasks.dataset", "as-of", "1990-01-01"],
