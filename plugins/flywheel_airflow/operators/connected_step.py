@@ -12,15 +12,16 @@ variables:
   ``extra.s3_endpoint`` when Label Studio reaches S3 at another address than the workers;
 - ``git`` (login + password/token), optional: ``FLYWHEEL_GIT_USER``, ``FLYWHEEL_GIT_TOKEN``.
 
-On the ``local`` backend the variables reach the step's subprocess; on ``kubernetes`` the
-same names come from Kubernetes Secrets (``envFrom``) instead.
+On the ``local`` backend the variables are part of the environment the step's subprocess is
+started with; the worker's own ``os.environ`` never holds them, so nothing else running in
+the worker (another task, a hook, a log line of the environment) sees them. On
+``kubernetes`` the same names come from Kubernetes Secrets (``envFrom``) instead, and the
+Connections are not read.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flywheel_airflow.operators.step import StepOperator
@@ -54,20 +55,6 @@ def connection_env(kind: str, conn: Any) -> dict[str, str]:
     return {k: str(v) for k, v in env.items() if v}
 
 
-@contextmanager
-def patched_environ(env: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 class ConnectedStepOperator(StepOperator):
     """Run ``ml_tasks.<step>`` with credentials from Airflow Connections in its environment."""
 
@@ -86,20 +73,24 @@ class ConnectedStepOperator(StepOperator):
         self.optional_connections = tuple(optional_connections)
 
     def step_environment(self) -> dict[str, str]:
+        """The connections' variables, for the step's environment only (never ``os.environ``).
+
+        A missing optional connection (``AirflowNotFoundException``, what the Task SDK raises
+        for an unknown conn_id) only drops its variables; any other failure to read one (the
+        API server or a secrets backend down, a malformed connection) fails the task, since
+        running the step without credentials it was given would hide the fault.
+        """
         from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
 
         env: dict[str, str] = {}
         for kind, conn_id in self.connections.items():
             try:
                 conn = BaseHook.get_connection(conn_id)
-            except Exception:  # AirflowNotFoundException and friends
+            except AirflowNotFoundException:
                 if kind in self.optional_connections:
                     self.log.info("No connection %s: the step runs without %s", conn_id, kind)
                     continue
                 raise
             env.update(connection_env(kind, conn))
         return env
-
-    def execute(self, context: Any) -> Any:
-        with patched_environ(self.step_environment()):
-            return super().execute(context)

@@ -17,6 +17,11 @@ never change between a laptop and a cluster:
 An argument that renders to an empty string is dropped, so a DAG can write an optional flag as
 one templated argument (``"{{ '--epochs=%d' % params.epochs if params.epochs else '' }}"``).
 
+On ``local`` the step runs in a process group of its own, with an explicit environment (the
+worker's, the task's ids and, for :class:`ConnectedStepOperator`, its credentials); clearing
+the task, marking it failed or its ``execution_timeout`` ends the whole group
+(:mod:`flywheel_airflow.operators.process`).
+
 The step's JSON result is the task's XCom. A step that exits 3 failed on its input (a data
 check, a missing dataset): the task fails without retrying, since a retry cannot fix data. A
 step that exits 75 could not reach a service it needs (the MLflow server): the task fails with
@@ -34,6 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
+
+from flywheel_airflow.operators.process import (
+    KILL_GRACE_SECONDS,
+    start_step_process,
+    terminate_process_group,
+)
 
 # ml_tasks.step's exit codes; not imported, to keep DAG parsing light.
 EXIT_STEP_ERROR = 3  # bad input: fail, do not retry
@@ -78,11 +89,13 @@ class StepOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("arguments",)
     ui_color = "#e8f4ea"
+    kill_grace_seconds = KILL_GRACE_SECONDS
 
     def __init__(self, *, step: str, arguments: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.step = step
         self.arguments = arguments
+        self._process: subprocess.Popen[str] | None = None
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
@@ -120,6 +133,18 @@ class StepOperator(BaseOperator):
 
         return finish_cluster_deploy(self, context, event, manifest, previous)
 
+    def step_environment(self) -> dict[str, str]:
+        """Variables the step needs on top of the worker's (credentials, in subclasses).
+
+        They go into the step's own environment only: the worker's ``os.environ`` is shared
+        by everything else that runs in it, and must not carry one task's credentials.
+        """
+        return {}
+
+    def on_kill(self) -> None:
+        """End the step's whole process tree (task cleared, marked failed or timed out)."""
+        terminate_process_group(self._process, self.kill_grace_seconds, self.log)
+
     def run_local(self, context: Any) -> Any:
         import json
 
@@ -133,17 +158,29 @@ class StepOperator(BaseOperator):
                 "--result-path",
                 str(result_path),
             ]
+            env = {
+                **os.environ,
+                **airflow_env(context),
+                "PYTHONUNBUFFERED": "1",
+                **self.step_environment(),
+            }
             self.log.info("Running step: %s", " ".join(command))
-            env = {**os.environ, **airflow_env(context), "PYTHONUNBUFFERED": "1"}
-            with subprocess.Popen(
-                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            ) as proc:
-                assert proc.stdout is not None
-                tail: list[str] = []
-                for line in proc.stdout:
-                    line = line.rstrip("\n")
-                    self.log.info("%s", line)
-                    tail = [*tail[-19:], line]
+            self._process = proc = start_step_process(command, env)
+            try:
+                tail = self._relay_output(proc)
+                proc.wait()
+            except BaseException:
+                # A timeout (AirflowTaskTimeout), the supervisor's SIGINT (KeyboardInterrupt,
+                # which does not call on_kill) or a failure here: the step, in a session of its
+                # own, would otherwise outlive this try.
+                terminate_process_group(proc, self.kill_grace_seconds, self.log)
+                raise
+            finally:
+                # The step has exited (or its group was ended above): forget it, so a later
+                # on_kill signals nothing and the operator stays copyable (a Popen holds a lock).
+                self._process = None
+                if proc.stdout is not None:
+                    proc.stdout.close()
             message = "\n".join(ln for ln in tail if not ln.startswith("{"))
             if proc.returncode == EXIT_STEP_ERROR:
                 raise AirflowFailException(f"step {self.step} refused its input:\n{message}")
@@ -155,3 +192,13 @@ class StepOperator(BaseOperator):
             if proc.returncode != 0:
                 raise AirflowException(f"step {self.step} exited with {proc.returncode}")
             return json.loads(result_path.read_text())
+
+    def _relay_output(self, proc: subprocess.Popen[str]) -> list[str]:
+        """Log the step's output line by line; return its last 20 lines for an error message."""
+        assert proc.stdout is not None
+        tail: list[str] = []
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            self.log.info("%s", line)
+            tail = [*tail[-19:], line]
+        return tail
