@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
+
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-EXIT_STEP_ERROR = 3  # bad input: fail, do not retry
-EXIT_INFRASTRUCTURE = 75  # a service did not answer (EX_TEMPFAIL): fail this try, retry
 RUN_AS = 1000
 STEP_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     "train": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},

@@ -45,10 +45,7 @@ from flywheel_airflow.operators.process import (
     start_step_process,
     terminate_process_group,
 )
-
-# ml_tasks.step's exit codes; not imported, to keep DAG parsing light.
-EXIT_STEP_ERROR = 3  # bad input: fail, do not retry
-EXIT_INFRASTRUCTURE = 75  # a service did not answer (EX_TEMPFAIL): fail this try, retry
+from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 
 def steps_python() -> str:
