@@ -40,13 +40,16 @@ def render(request: dict[str, Any]) -> dict[str, Any]:
 
     ti = TaskInstance()
     run_id = "manual__2026-03-01T02:00:00+00:00"
+    logical_date = datetime(2026, 3, 1, 2, tzinfo=UTC)
     context = {
         "ti": ti,
         "task_instance": ti,
         "task": task,
         "run_id": run_id,
-        "dag_run": mock.Mock(run_id=run_id, run_type="manual", dag_id=dag.dag_id),
-        "logical_date": datetime(2026, 3, 1, 2, tzinfo=UTC),
+        "dag_run": mock.Mock(
+            run_id=run_id, run_type="manual", dag_id=dag.dag_id, logical_date=logical_date
+        ),
+        "logical_date": logical_date,
         "params": {k: dag.params[k] for k in dag.params},
         "is_backfill": is_backfill,
     }

@@ -43,13 +43,16 @@ def fake_context(dag: Any, task: Any, *, run_type: str = "manual") -> dict[str, 
 
     ti = FakeTI()
     run_id = f"{run_type}__2026-03-01T02:00:00+00:00"
+    logical_date = datetime(2026, 3, 1, 2, tzinfo=UTC)
     return {
         "ti": ti,
         "task_instance": ti,
         "task": task,
         "run_id": run_id,
-        "dag_run": mock.Mock(run_id=run_id, run_type=run_type, dag_id=dag.dag_id),
-        "logical_date": datetime(2026, 3, 1, 2, tzinfo=UTC),
+        "dag_run": mock.Mock(
+            run_id=run_id, run_type=run_type, dag_id=dag.dag_id, logical_date=logical_date
+        ),
+        "logical_date": logical_date,
         "params": {k: dag.params[k] for k in dag.params},
         "is_backfill": __import__("flywheel_airflow.gates", fromlist=["x"]).is_backfill,
     }
@@ -130,6 +133,7 @@ def test_runs_triggered_by_hand_have_no_logical_date_and_still_render(dag: Any) 
         task = copy.copy(original)
         context = fake_context(dag, task, run_type="manual")
         del context["logical_date"]
+        context["dag_run"].logical_date = None  # and its run has none either
         task.render_template_fields(context)  # raises UndefinedError on a bare logical_date
         assert not any("logical-date" in a or "as-of" in a for a in task.arguments), task
 

@@ -151,7 +151,7 @@ def test_on_kill_ends_the_step_and_its_grandchild(
 
     started = time.monotonic()
     op.on_kill()
-    assert gone(pids, timeout=0), f"left running: {group_members(pids['step'])}"
+    assert gone(pids, timeout=5), f"left running: {group_members(pids['step'])}"
     assert time.monotonic() - started < 10
     worker.join(timeout=30)
     assert not worker.is_alive()
@@ -183,7 +183,7 @@ def test_execution_timeout_ends_the_step_and_its_grandchild(
         _run_execute_callable(context, op.execute, op)
     watcher.join(timeout=30)
     assert pids, "the step never started"
-    assert gone(pids, timeout=0), f"left running: {group_members(pids['step'])}"
+    assert gone(pids, timeout=5), f"left running: {group_members(pids['step'])}"
 
 
 S3_CONNECTION: dict[str, Any] = {
