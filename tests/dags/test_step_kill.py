@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from tests.dags.conftest import run_dag, task_states
+from tests.processes import group_members, running
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 25  # seconds: 500 epochs take minutes, so the step is always mid-training then
@@ -52,24 +53,6 @@ class StepWatcher(threading.Thread):
                 except (psutil.Error, ProcessLookupError):
                     continue
             time.sleep(0.1)
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                members.append(proc.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return members
 
 
 def test_a_timed_out_train_task_leaves_no_step_process(

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import psutil
 import pytest
+
+from tests.processes import group_members, running
 
 FAKE_PYTHON = """#!{python}
 import json, os, signal, subprocess, sys, time
@@ -66,25 +67,6 @@ def fake_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def context() -> dict[str, Any]:
     return {"ti": mock.Mock(dag_id="d", task_id="t", try_number=1), "run_id": "r"}
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    members = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                members.append(proc.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return members
 
 
 def wait_for_pids(folder: Path, timeout: float = 60) -> dict[str, int]:
