@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ml_tasks.local_servers import free_port, running_server
 
@@ -71,3 +72,16 @@ def s3_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+def s3_client(endpoint: str, key: str = "testing", secret: str = "testing") -> Any:
+    """A boto3 S3 client for an endpoint on 127.0.0.1 (moto takes any key and secret)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        region_name="us-east-1",
+    )

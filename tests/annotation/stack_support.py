@@ -19,7 +19,7 @@ from typing import Any
 
 from annotation_support import REPO
 from repo_copy import make_repo_copy
-from servers import steps_python
+from servers import s3_client, steps_python
 
 from ml_tasks.local_servers import free_port
 from ml_tasks.stack import PORTS
@@ -90,15 +90,7 @@ class Stack:
         wait_for(lambda: dag_parsed(api, "training"), 180, "the training DAG parsed")
 
     def s3(self) -> Any:
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.state["s3"],
-            aws_access_key_id="flywheel",
-            aws_secret_access_key="flywheel-local",
-            region_name="us-east-1",
-        )
+        return s3_client(self.state["s3"], "flywheel", "flywheel-local")
 
 
 def wait_for(check: Any, timeout: float, what: str) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import s3_client
 
 from ml_tasks.annotation.batches import count_waiting
 from ml_tasks.annotation.claim import claim_batch
@@ -23,16 +24,8 @@ from ml_tasks.lake import Lake, LocalLake, S3Lake
 def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     if request.param == "local":
         return LocalLake(tmp_path / "lake")
-    import boto3
-
     endpoint = request.getfixturevalue("s3_endpoint")
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = s3_client(endpoint)
     bucket = f"claims-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
     return S3Lake(bucket, client=client)

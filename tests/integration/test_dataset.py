@@ -8,12 +8,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 
 from tests.repo_copy import make_repo_copy
-from tests.servers import s3_server
+from tests.servers import s3_client, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -60,13 +59,7 @@ def test_the_dataset_travels_through_an_s3_remote(tmp_path: Path) -> None:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": endpoint,
         }
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
+        s3 = s3_client(endpoint, "test", "test")
         s3.create_bucket(Bucket="flywheel")
         writer = {**base_env(tmp_path / "writer"), **creds, "FLYWHEEL_DVC_REMOTE": "minio"}
         version = materialize(writer)["dataset_version"]

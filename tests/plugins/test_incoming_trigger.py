@@ -10,10 +10,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.servers import s3_server
+from tests.servers import s3_client, s3_server
 
 PREFIX = "root/incoming/"
 CONN_ID = "flywheel_s3"
@@ -51,13 +50,7 @@ def lake(monkeypatch: pytest.MonkeyPatch) -> Iterator[Lake]:
                 }
             ),
         )
-        client = boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        client = s3_client(url)
         bucket = f"lake-{uuid.uuid4().hex[:12]}"
         client.create_bucket(Bucket=bucket)
         yield Lake(client, bucket)

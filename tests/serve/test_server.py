@@ -22,7 +22,7 @@ import pytest
 from ml_tasks.images import content_hash, decode_image, encode_png
 from ml_tasks.lake import s3_objects
 from tests.serve.conftest import MODEL_NAME, RegisteredModel, Server, model_server, wait_until
-from tests.servers import free_port, s3_server
+from tests.servers import free_port, s3_client, s3_server
 
 V1 = f"/v1/models/{MODEL_NAME}:predict"
 V2 = f"/v2/models/{MODEL_NAME}/infer"
@@ -92,15 +92,8 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def s3(s3_endpoint: str) -> Any:
-    import boto3
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
+    client = s3_client(s3_endpoint, "test", "test")
     client.create_bucket(Bucket=BUCKET)
     return client
 
