@@ -59,14 +59,14 @@ chain: steps-env  ## run the four steps back to back, without Airflow
 	$(STEPS_PY) -m ml_tasks.chain
 
 demo: envs  ## run the main job on the embedded default: the training DAG under `airflow dags test`
-	$(ORCH_PY) -m flywheel_airflow.demo
+	$(ORCH_PY) -m tools.demo
 
 lint: envs  ## ruff, mypy (the steps code in its environment, the Airflow code in its own), import contracts
 	$(STEPS)/bin/ruff check .
 	$(STEPS)/bin/ruff format --check .
 	$(STEPS)/bin/mypy ml_tasks tools
 	$(STEPS)/bin/hadolint images/*/Dockerfile
-	$(ORCH)/bin/mypy plugins $(wildcard dags/*.py)
+	$(ORCH)/bin/mypy plugins tools/demo.py tools/airflow_cli.py $(wildcard dags/*.py)
 	$(ORCH)/bin/lint-imports --no-cache --no-logo  # the import contracts in pyproject.toml
 
 test-steps: steps-env  ## the tests that run in the steps environment
@@ -104,10 +104,10 @@ push:  ## push the built images to the registry project named by REGISTRY and PR
 	$(PYTHON) -m tools.images push
 
 stack-up: envs label-studio-env image-tools  ## start the local stack (S3, MLflow, Label Studio, model service, Airflow)
-	$(STEPS_PY) -m ml_tasks.stack up
+	$(STEPS_PY) -m tools.stack up
 
 stack-down:  ## stop everything stack-up started
-	$(STEPS_PY) -m ml_tasks.stack down
+	$(STEPS_PY) -m tools.stack down
 
 bench: envs label-studio-env  ## run the benchmarks and print their table
 	$(STEPS_PY) -m bench

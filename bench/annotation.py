@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.table import Row, report, row
-from ml_tasks.local_servers import free_port, wait_for_http
+from tools.local_servers import free_port, wait_for_http
 
 ENVIRONMENT = "steps"
 TARGET = 200.0
@@ -74,7 +74,7 @@ def train_champion(model_name: str, artifacts: Path) -> str:
 def put_incoming(s3: Any, count: int, seed: int) -> None:
     import numpy as np
 
-    from ml_tasks.images import content_hash, encode_png
+    from ml_tasks.data.images import content_hash, encode_png
 
     rng = np.random.default_rng(seed)
     day = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -117,12 +117,12 @@ def run_steps(batch: str, count: int) -> float:
 
 
 def run_warm(batch: str, count: int) -> float:
-    from ml_tasks import events
     from ml_tasks.annotation.claim import claim_batch
     from ml_tasks.annotation.preannotate import preannotate
     from ml_tasks.annotation.tasks import create_tasks
-    from ml_tasks.config import load_settings
-    from ml_tasks.lake import open_lake
+    from ml_tasks.core import events
+    from ml_tasks.core.lake import open_lake
+    from ml_tasks.core.settings import load_settings
 
     settings = load_settings()
     events.configure("bench", stream=open(os.devnull, "w"))  # noqa: SIM115
@@ -206,7 +206,7 @@ def naive_tasks(url: str, token: str, count: int) -> float:
 def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
     import boto3
 
-    from ml_tasks.annotation import label_studio_server as lss
+    from tools import label_studio_server as lss
 
     environment = dict(os.environ)  # restored after: the servers below die with the folder
     with tempfile.TemporaryDirectory(prefix="bench-annotation-") as tmp:

@@ -9,7 +9,7 @@ One run each, same data, same params (``params.yaml``), each from an empty state
 - **value**: ``airflow dags test training`` (local backend), its approval answered through the
   REST API by the demo approver as soon as it is asked (the gate is not marked or skipped), so
   the time includes Airflow's start-up, scheduling loop, XCom, branch and HITL round trip.
-  Run the way ``make demo`` runs it (``python -m flywheel_airflow.cli``: Airflow's CLI with
+  Run the way ``make demo`` runs it (``python -m tools.airflow_cli``: Airflow's CLI with
   the collector tuned for a short process, only the training DAG's file parsed), and, for
   reference, with the ``airflow`` command as installed.
 
@@ -98,9 +98,8 @@ def run_plain(env: dict[str, str], python: str) -> float:
 def run_airflow(
     env: dict[str, str], airflow_home: Path, passwords: dict[str, str], command: list[str]
 ) -> float:
-    from flywheel_airflow.demo import APPROVER, DAG_ID, AirflowApi, api_server
-
-    from ml_tasks.local_servers import stop_process_group
+    from tools.demo import APPROVER, DAG_ID, AirflowApi, api_server
+    from tools.local_servers import stop_process_group
 
     with api_server(env, airflow_home / "logs" / "api-server.log") as url:
         api = AirflowApi(url, passwords)
@@ -182,7 +181,7 @@ def parse_rows(env: dict[str, str]) -> list[Row]:
 
 
 def run() -> list[Row]:
-    from flywheel_airflow.demo import (
+    from tools.demo import (
         APPROVER,
         DAG_ID,
         airflow_cli,

@@ -46,7 +46,7 @@ def raw_decode(files: list[Path]) -> float:
 
 def list_and_stat(folder: Path) -> float:
     """Seconds to list every file under ``folder`` and ``stat`` each: what a re-run cannot skip."""
-    from ml_tasks.prepare_scan import list_folder
+    from ml_tasks.data.scan import list_folder
 
     start = time.perf_counter()
     for rel_dir, names in list_folder(folder).groups:
@@ -113,7 +113,7 @@ def as_before(home: Path, snapshot: Path) -> Callable[[], None]:
 
 
 def add_new_images(folder: Path, scratch: Path, count: int, size: int) -> None:
-    from ml_tasks.dataset import synthesize
+    from ml_tasks.data.synthetic import synthesize
 
     synthesize(scratch, count=count, size=size, seed=2)
     for path in scratch.rglob("*.png"):
@@ -122,8 +122,9 @@ def add_new_images(folder: Path, scratch: Path, count: int, size: int) -> None:
 
 
 def measure(count: int, size: int, repeats: int = 5) -> list[Row]:
-    from ml_tasks.config import load_settings
-    from ml_tasks.dataset import run_dvc, synthesize
+    from ml_tasks.core.settings import load_settings
+    from ml_tasks.data.dvc import run_dvc
+    from ml_tasks.data.synthetic import synthesize
     from ml_tasks.prepare import prepare
 
     new = count // 100

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from bench.table import Row, report, row
-from ml_tasks.local_servers import free_port, running_server
+from tools.local_servers import free_port, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bench-digits"
@@ -177,7 +177,7 @@ def _metric(port: int, name: str) -> float:
 
 
 def run() -> list[Row]:
-    from ml_tasks.images import encode_png
+    from ml_tasks.data.images import encode_png
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp, ExitStack() as stack:

@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 
 from bench.table import Row, report, row
-from ml_tasks.local_servers import free_port
 from tests.servers import mlflow_server
 from tools import postgres
+from tools.local_servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = 12
@@ -111,8 +111,9 @@ def _measure(root: Path, env: dict[str, str]) -> list[Row]:
         [
             sys.executable,
             "-c",
-            "from pathlib import Path; from ml_tasks.config import load_settings; "
-            "from ml_tasks.dataset import write_digits; from ml_tasks.prepare import prepare; "
+            "from pathlib import Path; from ml_tasks.core.settings import load_settings; "
+            "from ml_tasks.data.synthetic import write_digits; "
+            "from ml_tasks.prepare import prepare; "
             f"write_digits(Path({str(root / 'images')!r})); "
             f"prepare(load_settings(), data_dir=Path({str(root / 'images')!r}), "
             "dataset_version='digits')",

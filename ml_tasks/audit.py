@@ -2,7 +2,7 @@
 
 MLflow keeps no history of alias moves and Airflow forgets a run's gate decisions when its
 metadata is pruned, so every gate decision and alias move is also an event in the one log
-(:mod:`ml_tasks.events`). This command answers from that log::
+(:mod:`ml_tasks.core.events`). This command answers from that log::
 
     python -m ml_tasks.audit --model-version 3
     python -m ml_tasks.audit --dataset-version 1f2e... --json
@@ -23,8 +23,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ml_tasks.config import load_settings
-from ml_tasks.events import read_events
+from ml_tasks.core.events import read_events
+from ml_tasks.core.settings import load_settings
 
 MODEL_VERSION_KEYS = ("model_version", "previous_champion", "incumbent_version")
 RUN_ID_KEYS = ("run_id", "caller_run_id", "mlflow_run_id")

@@ -16,12 +16,12 @@ import io
 import json
 from typing import Any
 
-from ml_tasks import events
-from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.lake import open_lake
+from ml_tasks.core import events
+from ml_tasks.core.lake import open_lake
+from ml_tasks.core.settings import Settings, load_params, load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
 from ml_tasks.prepare import prepared_prefix
 from ml_tasks.resolve_dataset import resolve_dataset_version
-from ml_tasks.step import StepError, add_result_option, run_step
 
 
 def build_suites(params: dict[str, Any], prepare_params: dict[str, Any]) -> dict[str, list[Any]]:

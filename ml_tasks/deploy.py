@@ -30,11 +30,11 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from ml_tasks import events
-from ml_tasks.config import Settings, load_settings
-from ml_tasks.exit_codes import EXIT_STEP_ERROR
-from ml_tasks.step import StepError, add_result_option, run_step
-from ml_tasks.tracking import call_tracked
+from ml_tasks.core import events
+from ml_tasks.core.exit_codes import EXIT_STEP_ERROR
+from ml_tasks.core.settings import Settings, load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.model.tracking import call_tracked
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_PREVIOUS = "flywheel.previous_champion"
@@ -49,7 +49,7 @@ def render(
     settings: Settings, model_version: str, canary_percent: int | None = None
 ) -> dict[str, Any]:
     """The validated InferenceService for a version (raises StepError when it would be refused)."""
-    from ml_tasks.inference_service import (
+    from ml_tasks.serving.inference_service import (
         InvalidManifest,
         ServingOptions,
         render_inference_service,
@@ -71,7 +71,7 @@ def render(
 def _client(settings: Settings) -> Any:
     from mlflow import MlflowClient
 
-    from ml_tasks.tracking import use_mlflow
+    from ml_tasks.model.tracking import use_mlflow
 
     use_mlflow(settings)
     return MlflowClient()
@@ -80,7 +80,7 @@ def _client(settings: Settings) -> Any:
 def alias_version(client: Any, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
-    from ml_tasks.tracking import is_unreachable
+    from ml_tasks.model.tracking import is_unreachable
 
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
@@ -93,7 +93,7 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
 def _model_version(client: Any, name: str, version: str) -> Any:
     from mlflow.exceptions import MlflowException
 
-    from ml_tasks.tracking import is_unreachable
+    from ml_tasks.model.tracking import is_unreachable
 
     try:
         return client.get_model_version(name, version)
@@ -112,8 +112,8 @@ def promote(
     canary_percent: int | None = None,
 ) -> dict[str, Any]:
     """Render, validate and store the manifest, then move ``champion`` (in that order)."""
-    from ml_tasks.inference_service import to_yaml
-    from ml_tasks.lake import open_lake
+    from ml_tasks.core.lake import open_lake
+    from ml_tasks.serving.inference_service import to_yaml
 
     client = _client(settings)
     name = settings.model_name
@@ -261,7 +261,7 @@ def undone_deploys(settings: Settings, client: Any) -> list[dict[str, Any]]:
     event of the same DAG run must name the challenger's MLflow run, so an approval recorded
     against another registry's version N is never taken for this one's.
     """
-    from ml_tasks.events import read_events
+    from ml_tasks.core.events import read_events
 
     name = settings.model_name
     challenger = alias_version(client, name, CHALLENGER)
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model-version is empty: nothing was registered")
     settings = load_settings()
     if args.command == "render":
-        from ml_tasks.inference_service import to_yaml
+        from ml_tasks.serving.inference_service import to_yaml
 
         try:
             print(to_yaml(render(settings, args.model_version, args.canary_percent)), end="")

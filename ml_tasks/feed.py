@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ml_tasks.images import encode_png
-from ml_tasks.step import StepError, add_result_option, positive_int, run_step
+from ml_tasks.core.step import StepError, add_result_option, positive_int, run_step
+from ml_tasks.data.images import encode_png
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 

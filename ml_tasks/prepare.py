@@ -8,7 +8,7 @@ its presence means the rest is whole, ``summary.json`` (the step's result).
 - **Deterministic split by content hash**: an image's split depends on its bytes alone, so it
   never changes split when the dataset grows, and equal images always share a split.
 - **Incremental**: decoded pixels are cached by content hash (and image size), with DVC's md5
-  of each file, in shards under ``<home>/cache/prepare/`` (see ``ml_tasks.prepare_cache``); a
+  of each file, in shards under ``<home>/cache/prepare/`` (see ``ml_tasks.data.prepare_cache``); a
   re-run reads and decodes only images it has not seen.
 - **The version asked for**: a dataset version is prepared from DVC's record of it (path ->
   md5, the ``.dir`` object in DVC's cache): a file seen before is known by its md5 and not
@@ -22,7 +22,7 @@ its presence means the rest is whole, ``summary.json`` (the step's result).
   image, the same image under two labels) is copied to the lake, one record per path and
   version: ``quarantine/prepare/<version>/<path key>/`` holds the file and its ``reason.json``.
   An entry that is not an image file to read (hidden, a link out of the dataset folder or to
-  nowhere, a FIFO...: see ``ml_tasks.prepare_scan``) is skipped with its reason, never opened.
+  nowhere, a FIFO...: see ``ml_tasks.data.scan``) is skipped with its reason, never opened.
   ``prepared + quarantined + skipped == offered`` always holds, and the result says so.
 - **One label per image**: an image filed under two classes reaches training with neither:
   every copy is quarantined as ``label_conflict``, naming all of them.
@@ -41,21 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from ml_tasks import events
-from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.dataset import (
-    VersionFiles,
-    VersionNotLocal,
-    checkout_version,
-    fetch_version,
-    local_version,
-    read_regular_file,
-    tracked_version,
-)
-from ml_tasks.images import BadImage, content_hash, decode_image
-from ml_tasks.lake import Lake, open_lake
-from ml_tasks.prepare_cache import DecodeCache, FileIndex
-from ml_tasks.prepare_scan import (
+from ml_tasks.core import events
+from ml_tasks.core.lake import Lake, open_lake
+from ml_tasks.core.settings import Settings, load_params, load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.core.workspace import writable_repo
+from ml_tasks.data.dvc import VersionFiles, VersionNotLocal, local_version, tracked_version
+from ml_tasks.data.files import read_regular_file
+from ml_tasks.data.images import BadImage, content_hash, decode_image
+from ml_tasks.data.prepare_cache import DecodeCache, FileIndex
+from ml_tasks.data.scan import (
     Skipped,
     list_folder,
     list_images,
@@ -63,8 +58,7 @@ from ml_tasks.prepare_scan import (
     scan_folder,
     scan_version,
 )
-from ml_tasks.step import StepError, add_result_option, run_step
-from ml_tasks.workspace import writable_repo
+from ml_tasks.data.versions import checkout_version, fetch_version
 
 SPLITS = ("train", "val", "test")
 

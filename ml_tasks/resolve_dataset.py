@@ -14,16 +14,16 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from ml_tasks import events
-from ml_tasks.config import Settings, load_settings
-from ml_tasks.step import StepError, add_result_option, run_step
+from ml_tasks.core import events
+from ml_tasks.core.settings import Settings, load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
 
 
 def resolve_dataset_version(given: str | None) -> str:
     """``given``, or the version ``data/images.dvc`` records in the work tree."""
     if given:
         return given
-    from ml_tasks.dataset import tracked_version
+    from ml_tasks.data.dvc import tracked_version
 
     version = tracked_version(load_settings())
     if version is None:
@@ -34,7 +34,8 @@ def resolve_dataset_version(given: str | None) -> str:
 def resolve(
     settings: Settings, *, as_of: datetime | None = None, dataset_version: str | None = None
 ) -> dict[str, Any]:
-    from ml_tasks.dataset import read_index, tracked_version, version_as_of
+    from ml_tasks.data.dvc import tracked_version
+    from ml_tasks.data.versions import read_index, version_as_of
 
     index = {v.version: v for v in read_index(settings)}
     if dataset_version:

@@ -1,9 +1,10 @@
 """Serve a registered model over KServe's v1 and v2 (Open Inference Protocol) REST APIs.
 
 ``python -m ml_tasks.serve`` loads ``models:/<FLYWHEEL_MODEL_NAME>@champion`` (or
-``--model-uri``, any MLflow model URI) through ``ml_tasks.model.load_classifier`` and serves it
-with KServe's ``ModelServer`` on 127.0.0.1:8080 (loopback only unless ``--host`` or
-``FLYWHEEL_SERVE_HOST`` says otherwise; the container image sets 0.0.0.0). No gRPC.
+``--model-uri``, any MLflow model URI) through
+``ml_tasks.model.classifier.load_classifier`` and serves it with KServe's ``ModelServer`` on
+127.0.0.1:8080 (loopback only unless ``--host`` or ``FLYWHEEL_SERVE_HOST`` says otherwise; the
+container image sets 0.0.0.0). No gRPC.
 On an alias URI it follows the alias (``--watch-seconds``, :mod:`ml_tasks.serving.champion`):
 a new version is loaded and warmed up beside the serving one, then swapped in without failing
 a request; without a version yet it starts anyway, live but not ready, and says why.
@@ -59,7 +60,7 @@ import os
 import sys
 from typing import Any
 
-from ml_tasks.step import positive_int
+from ml_tasks.core.step import positive_int
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -217,7 +218,7 @@ def registered_name(model_uri: str) -> str | None:
 
 def training_max_pixels() -> int | None:
     """The pixel limit training data passes (params.yaml), when there is a params file."""
-    from ml_tasks.config import ConfigError, load_params
+    from ml_tasks.core.settings import ConfigError, load_params
 
     try:
         value = load_params().get("prepare", {}).get("max_pixels")
@@ -243,8 +244,8 @@ def _import_kserve() -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ml_tasks import events
-    from ml_tasks.config import load_settings
+    from ml_tasks.core import events
+    from ml_tasks.core.settings import load_settings
 
     settings = load_settings()
     events.configure("serve")

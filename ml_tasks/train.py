@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ml_tasks import events
-from ml_tasks.config import HYPERPARAMS, Settings, load_params, load_settings
-from ml_tasks.lake import open_lake
+from ml_tasks.core import events
+from ml_tasks.core.lake import open_lake
+from ml_tasks.core.settings import HYPERPARAMS, Settings, load_params, load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
 from ml_tasks.resolve_dataset import resolve_dataset_version
-from ml_tasks.step import StepError, add_result_option, run_step
 
 
 @dataclass
@@ -56,7 +56,7 @@ def fit(
     import torch
     from torch import nn
 
-    from ml_tasks.model import DigitsCNN
+    from ml_tasks.model.classifier import DigitsCNN
 
     torch.manual_seed(int(hp["seed"]))
     x_train, y_train = data.part("train")
@@ -123,7 +123,7 @@ def train(
     import mlflow
     import mlflow.pytorch
 
-    from ml_tasks.tracking import (
+    from ml_tasks.model.tracking import (
         TrackingUnavailable,
         close_run_after_failure,
         fail_abandoned_runs,
@@ -131,7 +131,7 @@ def train(
         lineage_tags,
         use_mlflow,
     )
-    from ml_tasks.tuning import tuned_params
+    from ml_tasks.model.tuning import tuned_params
 
     tuned, tuned_tags = tuned_params(settings, dataset_version) if use_best_params else ({}, {})
     hp = {
@@ -213,8 +213,9 @@ def log_classifier(model: Any, data: PreparedData, registered_model_name: str | 
     """Log a trained model to the active MLflow run the way every consumer loads it back.
 
     Pickle format (a plain module; MLflow's default pt2 export cannot ``.eval()``), the class
-    names and image size as model metadata (read by ``ml_tasks.model.load_classifier``), a
-    signature and an input example. Returns MLflow's ``ModelInfo``.
+    names and image size as model metadata (read by
+    ``ml_tasks.model.classifier.load_classifier``), a signature and an input example. Returns
+    MLflow's ``ModelInfo``.
     """
     import mlflow.pytorch
     import torch
@@ -297,7 +298,7 @@ def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ml_tasks.tracking import RetryBudget
+    from ml_tasks.model.tracking import RetryBudget
 
     parser = argparse.ArgumentParser(
         prog="python -m ml_tasks.train",
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if overrides["learning_rate"] is not None and overrides["learning_rate"] <= 0:
         parser.error("--learning-rate must be positive")
-    from ml_tasks.tracking import call_tracked
+    from ml_tasks.model.tracking import call_tracked
 
     settings = load_settings()
     return run_step(

@@ -1,6 +1,6 @@
 """Tune: an Optuna study of the training function on a prepared dataset version.
 
-``create`` makes the study (RDB storage, see :func:`ml_tasks.tuning.storage_url`) and its
+``create`` makes the study (RDB storage, see :func:`ml_tasks.model.tuning.storage_url`) and its
 MLflow parent run; any number of ``worker`` processes then run trials until the study holds
 ``--n-trials`` (claimed under a lock, so never more); ``finish`` puts the best params and value
 and the plots on the parent run and writes the best params to the lake. ``run`` does all three
@@ -21,12 +21,11 @@ import warnings
 from datetime import UTC, datetime
 from typing import Any
 
-from ml_tasks import events
-from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.resolve_dataset import resolve_dataset_version
-from ml_tasks.step import add_result_option, run_step
-from ml_tasks.tune_report import finish
-from ml_tasks.tuning import (
+from ml_tasks.core import events
+from ml_tasks.core.settings import Settings, load_params, load_settings
+from ml_tasks.core.step import add_result_option, run_step
+from ml_tasks.model.tune_report import finish
+from ml_tasks.model.tuning import (
     PARENT_ATTR,
     TuneConfig,
     load_study,
@@ -36,6 +35,7 @@ from ml_tasks.tuning import (
     suggest,
     trial_claim_lock,
 )
+from ml_tasks.resolve_dataset import resolve_dataset_version
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
@@ -52,7 +52,7 @@ def create(
     import optuna
     from mlflow import MlflowClient
 
-    from ml_tasks.tracking import lineage_tags, use_mlflow
+    from ml_tasks.model.tracking import lineage_tags, use_mlflow
     from ml_tasks.train import load_prepared
 
     config = load_tune_config(settings)
@@ -207,7 +207,7 @@ def worker(
     import optuna
     import torch
 
-    from ml_tasks.tracking import use_mlflow
+    from ml_tasks.model.tracking import use_mlflow
     from ml_tasks.train import load_prepared
 
     config = load_tune_config(settings)
@@ -222,7 +222,7 @@ def worker(
     # Warm up before claiming a trial (imports, MLflow's store), so a trial's time is training.
     from mlflow import MlflowClient
 
-    import ml_tasks.model  # noqa: F401
+    import ml_tasks.model.classifier  # noqa: F401
 
     MlflowClient().get_run(str(study.user_attrs[PARENT_ATTR]))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
 
     def body() -> dict[str, Any]:
-        from ml_tasks.tracking import call_tracked
+        from ml_tasks.model.tracking import call_tracked
 
         def work() -> dict[str, Any]:
             n_trials = getattr(args, "n_trials", None) or load_tune_config(settings).n_trials

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ml_tasks import events
-from ml_tasks.config import Settings, load_params, load_settings
+from ml_tasks.core import events
+from ml_tasks.core.settings import Settings, load_params, load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.model.tracking import call_tracked
 from ml_tasks.resolve_dataset import resolve_dataset_version
-from ml_tasks.step import StepError, add_result_option, run_step
-from ml_tasks.tracking import call_tracked
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -114,7 +114,7 @@ def find_incumbent(client: Any, name: str) -> tuple[str, Any] | None:
     """The model to beat: the champion, else the pending challenger, else none."""
     from mlflow.exceptions import MlflowException
 
-    from ml_tasks.tracking import is_unreachable
+    from ml_tasks.model.tracking import is_unreachable
 
     for alias in (CHAMPION, CHALLENGER):
         try:
@@ -156,8 +156,8 @@ def validate(
     from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
 
-    from ml_tasks.model import load_classifier
-    from ml_tasks.tracking import lineage_tags, use_mlflow
+    from ml_tasks.model.classifier import load_classifier
+    from ml_tasks.model.tracking import lineage_tags, use_mlflow
     from ml_tasks.train import load_prepared
 
     rules = load_params(settings.params_path)["validate"]

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ml_tasks.local_servers import free_port, running_server
+from tools.local_servers import free_port, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ml_tasks.local_servers import wait_for_http
+from tools.local_servers import wait_for_http
 
 DEFAULT_PORT = 5050  # the stack's MLflow has 5000
 PORT_VARIABLE = "FLYWHEEL_STACK_REGISTRY_PORT"

@@ -7,7 +7,7 @@ One module per thing a user does, each a step (``python -m ml_tasks.annotation.<
 - :mod:`~ml_tasks.annotation.tasks`: Label Studio project, storages and tasks with predictions.
 - :mod:`~ml_tasks.annotation.ingest`: validated annotations into a new DVC dataset version.
 
-:mod:`~ml_tasks.annotation.label_studio_server` runs a local Label Studio for tests and the
-local stack. Nothing here imports Airflow; only ``claim`` and the helpers are light enough for
-the orchestrator environment.
+A local Label Studio for tests and the local stack is development tooling:
+:mod:`tools.label_studio_server`. Nothing here imports Airflow; only ``claim`` and the helpers
+are light enough for the orchestrator environment.
 """

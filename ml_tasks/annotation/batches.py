@@ -16,8 +16,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from ml_tasks.lake import Lake, LakeError
-from ml_tasks.step import StepError
+from ml_tasks.core.lake import Lake, LakeError
+from ml_tasks.core.step import StepError
 
 INCOMING = "incoming/"
 ANNOTATION = "annotation/"

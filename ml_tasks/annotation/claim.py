@@ -44,7 +44,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ml_tasks import events
 from ml_tasks.annotation.batches import (
     CLAIMS,
     IMAGE_SUFFIX,
@@ -56,9 +55,10 @@ from ml_tasks.annotation.batches import (
     sidecar_of,
     write_json,
 )
-from ml_tasks.config import load_settings
-from ml_tasks.lake import Lake, LakeError, LocalLake, S3Lake, open_lake, s3_objects
-from ml_tasks.step import StepError, add_result_option, run_step
+from ml_tasks.core import events
+from ml_tasks.core.lake import Lake, LakeError, LocalLake, S3Lake, open_lake, s3_objects
+from ml_tasks.core.settings import load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
 
 WORKERS = 10  # botocore's default connection pool size
 LEDGER = CLAIMS + "ledger/"

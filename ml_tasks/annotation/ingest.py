@@ -14,8 +14,8 @@ For each task, its newest submitted annotation decides (a skipped task waits):
   annotation edited after ingest moves the image on the next ingest, never duplicates it.
 
 Then, if the dataset changed, or a previous run crashed after ``dvc push`` but before the git
-commit: ``dvc add``, ``dvc push``, index (``ml_tasks.dataset.add_version``), and one git commit
-of ``data/images.dvc`` + ``data/versions.jsonl``. Every run then pushes the branch when the
+commit: ``dvc add``, ``dvc push``, index (``ml_tasks.data.versions.add_version``), and one git
+commit of ``data/images.dvc`` + ``data/versions.jsonl``. Every run then pushes the branch when the
 repository has the remote, so a version committed by a run whose push failed is pushed by the
 next one. The result says whether the current version is one ingest made (``announce``): the
 DAG announces such a version (the dataset Asset) unless an Asset event already carries it, so a
@@ -39,14 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml_tasks import events
 from ml_tasks.annotation.batches import LABELED, QUARANTINE, write_json
 from ml_tasks.annotation.claim import parallel
 from ml_tasks.annotation.tasks import LABEL, QUALITY, REASON, UNUSABLE
-from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.lake import Lake, LakeError, open_lake
-from ml_tasks.step import StepError, add_result_option, run_step
-from ml_tasks.workspace import writable_repo
+from ml_tasks.core import events
+from ml_tasks.core.lake import Lake, LakeError, open_lake
+from ml_tasks.core.settings import Settings, load_params, load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.core.workspace import writable_repo
 
 VERSION_FILES = ("data/images.dvc", "data/versions.jsonl", "data/.gitignore")
 COMMIT_PREFIX = "dataset: version "  # how a version ingest made is told from others in git
@@ -130,7 +130,7 @@ def apply_decisions(
     settings: Settings, lake: Lake, decisions: list[Decision], classes: list[str]
 ) -> dict[str, Any]:
     """Make ``data/images`` and ``quarantine/`` agree with the decisions; counts the changes."""
-    from ml_tasks.images import content_hash
+    from ml_tasks.data.images import content_hash
 
     data_dir = settings.data_dir
     counts: dict[str, Any] = {
@@ -333,7 +333,8 @@ def ingest_lock(settings: Settings) -> Iterator[None]:
 
 
 def ingest(settings: Settings, git_remote: str) -> dict[str, Any]:
-    from ml_tasks.dataset import add_version, tracked_version, workspace_matches
+    from ml_tasks.data.dvc import tracked_version, workspace_matches
+    from ml_tasks.data.versions import add_version
 
     lake = open_lake(settings.lake_uri)
     classes = [str(c) for c in load_params(settings.params_path)["prepare"]["classes"]]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ml_tasks import events
 from ml_tasks.annotation.batches import (
     QUARANTINE,
     add_batch_options,
@@ -24,9 +23,10 @@ from ml_tasks.annotation.batches import (
     write_json,
 )
 from ml_tasks.annotation.claim import parallel
-from ml_tasks.config import Settings, load_settings
-from ml_tasks.lake import Lake, open_lake
-from ml_tasks.step import StepError, add_result_option, run_step
+from ml_tasks.core import events
+from ml_tasks.core.lake import Lake, open_lake
+from ml_tasks.core.settings import Settings, load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
 
 
 def quarantine(lake: Lake, key: str, name: str, reason: str, **details: Any) -> str:
@@ -43,9 +43,9 @@ def quarantine(lake: Lake, key: str, name: str, reason: str, **details: Any) -> 
 def preannotate(settings: Settings, batch: str, model_uri: str) -> dict[str, Any]:
     import numpy as np
 
-    from ml_tasks.images import BadImage, content_hash, decode_image
-    from ml_tasks.model import load_classifier
-    from ml_tasks.tracking import use_mlflow
+    from ml_tasks.data.images import BadImage, content_hash, decode_image
+    from ml_tasks.model.classifier import load_classifier
+    from ml_tasks.model.tracking import use_mlflow
 
     lake = open_lake(settings.lake_uri)
     manifest = load_manifest(lake, batch)

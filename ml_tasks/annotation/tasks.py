@@ -34,7 +34,6 @@ import time
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from ml_tasks import events
 from ml_tasks.annotation.batches import (
     ANNOTATION,
     LABELED,
@@ -44,9 +43,10 @@ from ml_tasks.annotation.batches import (
     read_json,
     write_json,
 )
-from ml_tasks.config import Settings, load_params, load_settings
-from ml_tasks.lake import Lake, S3Lake, open_lake
-from ml_tasks.step import StepError, add_result_option, run_step
+from ml_tasks.core import events
+from ml_tasks.core.lake import Lake, S3Lake, open_lake
+from ml_tasks.core.settings import Settings, load_params, load_settings
+from ml_tasks.core.step import StepError, add_result_option, run_step
 
 LABEL, IMAGE, QUALITY, REASON = "label", "image", "quality", "reason"
 UNUSABLE = "unusable"

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[:split])
     args.arguments = argv[split + 1 :]
     if args.command == "compile":
-        from ml_tasks.config import load_settings
+        from ml_tasks.core.settings import load_settings
         from ml_tasks.pipelines.pipeline import compile_pipeline, step_pipeline, training_pipeline
 
         func = step_pipeline(args.step) if args.step else training_pipeline()

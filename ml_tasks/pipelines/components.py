@@ -11,10 +11,10 @@ is known.
 
 def prepare_op(dataset_version: str, kfp_run_id: str, context_json: str) -> dict:
     """Prepare a dataset version (empty: the one ``data/images.dvc`` records)."""
-    from ml_tasks.config import load_settings
+    from ml_tasks.core.settings import load_settings
+    from ml_tasks.core.workspace import writable_repo
     from ml_tasks.pipelines.runtime import apply_context, run_component
     from ml_tasks.prepare import prepare
-    from ml_tasks.workspace import writable_repo
 
     apply_context(context_json)
     return run_component(
@@ -29,7 +29,7 @@ def prepare_op(dataset_version: str, kfp_run_id: str, context_json: str) -> dict
 def checks_op(prepared: dict, kfp_run_id: str, context_json: str) -> dict:
     """The Great Expectations checks on the prepared version."""
     from ml_tasks.checks import check
-    from ml_tasks.config import load_settings
+    from ml_tasks.core.settings import load_settings
     from ml_tasks.pipelines.runtime import apply_context, run_component
 
     apply_context(context_json)
@@ -47,9 +47,9 @@ def train_op(
     context_json: str,
 ) -> dict:
     """Train on the checked version; the MLflow run carries the caller's and the KFP run id."""
-    from ml_tasks.config import load_settings
+    from ml_tasks.core.settings import load_settings
+    from ml_tasks.model.tracking import call_tracked
     from ml_tasks.pipelines.runtime import apply_context, run_component
-    from ml_tasks.tracking import call_tracked
     from ml_tasks.train import train
 
     apply_context(context_json)
@@ -81,9 +81,9 @@ def validate_op(
     context_json: str,
 ) -> dict:
     """Test against the incumbent; register a challenger only if better."""
-    from ml_tasks.config import load_settings
+    from ml_tasks.core.settings import load_settings
+    from ml_tasks.model.tracking import call_tracked
     from ml_tasks.pipelines.runtime import apply_context, run_component
-    from ml_tasks.tracking import call_tracked
     from ml_tasks.validate import validate
 
     apply_context(context_json)

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ml_tasks.config import load_settings
+from ml_tasks.core.settings import load_settings
 
 
 class LocalRunFailed(RuntimeError):

@@ -1,9 +1,9 @@
 """What runs inside a pipeline component: a step's typed function under the step contract.
 
 A component calls :func:`run_component` with the step's body. The body runs through
-:func:`ml_tasks.step.run_step` (events, exit codes), then the result is stored in the lake under
-``kubeflow/runs/<KFP run id>/<task>.json``, where the Airflow backend reads a step's result (a
-parameter output lives in KFP's metadata store, which its REST API does not hand out). A failed
+:func:`ml_tasks.core.step.run_step` (events, exit codes), then the result is stored in the lake
+under ``kubeflow/runs/<KFP run id>/<task>.json``, where the Airflow backend reads a step's result
+(a parameter output lives in KFP's metadata store, which its REST API does not hand out). A failed
 step raises :class:`ComponentFailed` naming its exit code (3: bad input, 75: a service did not
 answer), which becomes the KFP run's error. No kfp import: the steps call this directly too.
 """
@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ml_tasks.config import load_settings
-from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
-from ml_tasks.lake import open_lake
-from ml_tasks.step import StepError, run_step
+from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
+from ml_tasks.core.lake import open_lake
+from ml_tasks.core.settings import load_settings
+from ml_tasks.core.step import StepError, run_step
 
 MEANING = {
     EXIT_STEP_ERROR: "bad input, do not retry",
@@ -128,7 +128,7 @@ def tag_kfp_run(step: str, result: Mapping[str, Any], kfp_run_id: str) -> None:
         return
     from mlflow import MlflowClient
 
-    from ml_tasks.tracking import use_mlflow
+    from ml_tasks.model.tracking import use_mlflow
 
     settings = load_settings()
     use_mlflow(settings)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
+from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 from ml_tasks.pipelines.rest import (
     TERMINAL,
     KfpClient,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ml_tasks import events
+from ml_tasks.core import events
 from ml_tasks.serving.batching import TickBatcher
 from ml_tasks.serving.inputs import Limits
 from ml_tasks.serving.metrics import serving_metrics
@@ -57,7 +57,7 @@ class LoadedModel:
 
 def load_model(model_uri: str, limit_args: dict[str, int]) -> LoadedModel:
     """Load ``model_uri`` and have it answer once: a model that cannot predict never serves."""
-    from ml_tasks.model import load_classifier
+    from ml_tasks.model.classifier import load_classifier
 
     classifier = load_classifier(model_uri)
     size = classifier.image_size
@@ -202,7 +202,7 @@ class ChampionWatcher:
             )
 
     def _registry_failed(self, exc: Exception) -> None:
-        from ml_tasks.tracking import is_unreachable
+        from ml_tasks.model.tracking import is_unreachable
 
         self.metrics.registry_failures.labels(self.model.name).inc()
         what = "did not answer" if is_unreachable(exc) else "failed"

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_tasks.images import BadImage, decode_image
+from ml_tasks.data.images import BadImage, decode_image
 from ml_tasks.serving.inputs import BadInput, Batch, Limits
 
 INLINE_PIXELS = 256 * 256
@@ -125,7 +125,7 @@ def _decode_all(datas: Sequence[bytes], wheres: Sequence[str], limits: Limits) -
 
 def _warm() -> None:
     """Run once in a new decoding process, so the first large request does not pay the imports."""
-    from ml_tasks.images import encode_png
+    from ml_tasks.data.images import encode_png
 
     decode_image(encode_png(np.zeros((1, 1), dtype=np.uint8)), size=1)
 

@@ -2,7 +2,7 @@
 
 The two KServe protocols carry the same two kinds of input (the payloads are documented in
 ``ml_tasks.serve``): encoded images (base64 PNG/JPEG, decoded by
-:func:`ml_tasks.images.decode_image`, the rules training data passes) and raw pixel arrays
+:func:`ml_tasks.data.images.decode_image`, the rules training data passes) and raw pixel arrays
 (the model's ``(size, size)`` grid, floats in [0, 1] or, in v2, ``UINT8`` 0..255). Parsing
 is strict on purpose: a field the service does not know is an error, not something ignored,
 because an ignored field is a client bug nobody sees. Nothing here imports KServe; v2 requests
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_tasks.images import DEFAULT_MAX_PIXELS
+from ml_tasks.data.images import DEFAULT_MAX_PIXELS
 
 V1_IMAGE_FIELD = "b64"
 V2_IMAGE_INPUT = "image"

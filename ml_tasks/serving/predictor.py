@@ -1,7 +1,7 @@
 """The KServe predictor: one registered model, both protocols, inputs kept for annotation.
 
 :class:`ClassifierModel` is a ``kserve.Model``: ``load()`` reads the model through
-:func:`ml_tasks.model.load_classifier` (class names and image size come from the model's
+:func:`ml_tasks.model.classifier.load_classifier` (class names and image size come from the model's
 MLflow metadata), warms it up and only then sets ``ready``; :meth:`~ClassifierModel.swap_in`
 replaces the model that answers (the champion watcher's way in, see
 :mod:`ml_tasks.serving.champion`); until a model is in, ``not_ready_reason`` says why not.
@@ -29,7 +29,7 @@ from kserve.errors import InferenceError, ModelNotReady
 from kserve.logging import logger
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from ml_tasks import events
+from ml_tasks.core import events
 from ml_tasks.serving.champion import LoadedModel, load_model
 from ml_tasks.serving.decoding import Decoder
 from ml_tasks.serving.inputs import (

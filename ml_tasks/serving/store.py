@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from ml_tasks import events
-from ml_tasks.images import content_hash, encode_png
+from ml_tasks.core import events
+from ml_tasks.data.images import content_hash, encode_png
 from ml_tasks.serving.metrics import (
     SLOT_BUCKETS,
     SLOT_FAILED,
@@ -309,7 +309,7 @@ def _write_forever(lake_uri: str, items: Any, shared: Any, event_interval: float
     import os
     import signal
 
-    from ml_tasks.lake import open_lake
+    from ml_tasks.core.lake import open_lake
 
     os.nice(19)
     # Signals to the process group (Ctrl-C, a test's killpg) are the server's to handle: it

@@ -6,8 +6,8 @@
 - :func:`approval_responder`, :func:`rejection_reason`: what ``deploy`` and
   ``record_rejection`` take from the approval; with no decision behind them (the approval task
   marked success by hand) they skip, so nothing deploys without a person's answer.
-- :func:`record_gate`: every gate decision is an audit event (``ml_tasks.events``) and, when the
-  Airflow REST API is configured, the DAG run's note, so the reason is visible in the UI.
+- :func:`record_gate`: every gate decision is an audit event (``ml_tasks.core.events``) and, when
+  the Airflow REST API is configured, the DAG run's note, so the reason is visible in the UI.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def approval_decision(ti: Any, *, approved: bool) -> dict[str, Any]:
             "Browse → Required Actions."
         )
         if approved:  # one event per run: the deploy side reports it
-            from ml_tasks import events
+            from ml_tasks.core import events
 
             events.configure("airflow", logger=log)
             events.emit(
@@ -124,7 +124,7 @@ def rejection_reason(ti: Any) -> str:
 
 def record_gate(context: Any, gate: str, decision: str, reason: str, **ids: Any) -> None:
     """Log the decision, emit the audit event, and put the reason in the run's note."""
-    from ml_tasks import events
+    from ml_tasks.core import events
 
     events.configure("airflow", logger=log)
     dag_run = context["dag_run"]

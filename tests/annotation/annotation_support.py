@@ -60,7 +60,7 @@ class Loop:
         )
 
     def keys(self, prefix: str) -> list[str]:
-        from ml_tasks.lake import s3_objects
+        from ml_tasks.core.lake import s3_objects
 
         return [o["Key"] for o in s3_objects(self.s3(), self.bucket, prefix)]
 

@@ -31,12 +31,12 @@ from servers import mlflow_server, s3_server, steps_python
 @pytest.fixture(scope="session")
 def label_studio_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Label Studio launched, not yet up: its ~45 s first start overlaps the other set-up."""
-    from ml_tasks.annotation import label_studio_server as lss
+    from tools import label_studio_server as lss
 
     if not lss.label_studio_bin().exists():
         pytest.fail(
             "Label Studio is not installed: make label-studio-env "
-            "(or python -m ml_tasks.annotation.label_studio_server install)"
+            "(or python -m tools.label_studio_server install)"
         )
     server = lss.start(tmp_path_factory.mktemp("label-studio"), wait=False)
     try:
@@ -49,7 +49,7 @@ def label_studio_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
 def label_studio(
     label_studio_started: Any, s3_endpoint: str, champion: str, airflow_home: Path
 ) -> Any:
-    from ml_tasks.annotation import label_studio_server as lss
+    from tools import label_studio_server as lss
 
     lss.wait_until_up(label_studio_started.url, timeout=240)
     return label_studio_started
@@ -156,7 +156,7 @@ def loop(
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The local stack for real (``python -m ml_tasks.stack up``), shared by the stack and
+    """The local stack for real (``python -m tools.stack up``), shared by the stack and
     browser tests: starting it costs minutes."""
     from stack_support import started_stack
 

@@ -1,4 +1,4 @@
-"""The local stack for tests: a handle on one started by ``python -m ml_tasks.stack up``.
+"""The local stack for tests: a handle on one started by ``python -m tools.stack up``.
 
 The ``stack`` fixture (``conftest.py``) starts one per session, in a throwaway
 ``FLYWHEEL_HOME`` on free ports (the same ``FLYWHEEL_STACK_*_PORT`` variables a user sets),
@@ -21,8 +21,8 @@ from annotation_support import REPO
 from repo_copy import make_repo_copy
 from servers import s3_client, steps_python
 
-from ml_tasks.local_servers import free_port
-from ml_tasks.stack import PORTS
+from tools.local_servers import free_port
+from tools.stack import PORTS
 
 # Every service's port, moved to a free one (a user's own stack may hold the defaults).
 PORT_VARIABLES = [variable for variable, _ in PORTS.values()]
@@ -36,7 +36,7 @@ class Stack:
 
     def run(self, *args: str, timeout: float = 900) -> str:
         done = subprocess.run(
-            [steps_python(), "-m", "ml_tasks.stack", *args],
+            [steps_python(), "-m", "tools.stack", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -61,12 +61,12 @@ class Stack:
         return passwords
 
     def api(self) -> Any:
-        from flywheel_airflow.demo import AirflowApi
+        from tools.demo import AirflowApi
 
         return AirflowApi(self.airflow_url, self.passwords())
 
     def shell_env(self) -> dict[str, str]:
-        """The environment ``eval "$(python -m ml_tasks.stack env)"`` gives a shell."""
+        """The environment ``eval "$(python -m tools.stack env)"`` gives a shell."""
         out = self.run("env")
         env = dict(self.env)
         import shlex
@@ -103,7 +103,7 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 
 
 def dag_parsed(api: Any, dag_id: str) -> bool:
-    from flywheel_airflow.demo import ApiError
+    from tools.demo import ApiError
 
     try:
         api.call("GET", f"/dags/{dag_id}", "admin")

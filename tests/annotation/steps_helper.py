@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def synthetic_pixels(count: int, seed: int, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Images like ml_tasks.dataset.synthesize (class k: a bright bar at a k-dependent place)."""
+    """Images like ``synthetic.synthesize`` (class k: a bright bar at a k-dependent place)."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for i in range(count):
@@ -61,8 +61,9 @@ def champion(model_name: str) -> None:
 
 def make_repo(path: Path, bucket: str, base_images: int) -> None:
     """A git + DVC repository like Flywheel's, with ``base_images`` images as version one."""
-    from ml_tasks.config import load_settings
-    from ml_tasks.dataset import add_version, synthesize
+    from ml_tasks.core.settings import load_settings
+    from ml_tasks.data.synthetic import synthesize
+    from ml_tasks.data.versions import add_version
 
     path.mkdir(parents=True)
     shutil.copy(REPO / "params.yaml", path / "params.yaml")
@@ -97,7 +98,7 @@ def incoming(bucket: str, count: int, seed: int, model_version: str) -> None:
     """Images + sidecars in ``incoming/<date>/`` exactly as the model service stores them."""
     import boto3
 
-    from ml_tasks.images import content_hash, encode_png
+    from ml_tasks.data.images import content_hash, encode_png
 
     s3 = boto3.client("s3")
     pixels, labels = synthetic_pixels(count, seed=seed)
@@ -129,9 +130,9 @@ def incoming(bucket: str, count: int, seed: int, model_version: str) -> None:
 def half_ingest() -> None:
     """Files + ``dvc add`` + ``dvc push`` + index, then stop: a crash before the commit."""
     from ml_tasks.annotation.ingest import apply_decisions, decide, read_annotations
-    from ml_tasks.config import load_params, load_settings
-    from ml_tasks.dataset import add_version
-    from ml_tasks.lake import open_lake
+    from ml_tasks.core.lake import open_lake
+    from ml_tasks.core.settings import load_params, load_settings
+    from ml_tasks.data.versions import add_version
 
     settings = load_settings()
     lake = open_lake(settings.lake_uri)

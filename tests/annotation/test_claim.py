@@ -17,7 +17,7 @@ from servers import s3_client
 
 from ml_tasks.annotation.batches import count_waiting
 from ml_tasks.annotation.claim import claim_batch
-from ml_tasks.lake import Lake, LocalLake, S3Lake
+from ml_tasks.core.lake import Lake, LocalLake, S3Lake
 
 
 @pytest.fixture(params=["s3", "local"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ml_tasks.annotation.ingest import RemoteRefusesPush, push_commit
-from ml_tasks.config import load_settings
+from ml_tasks.core.settings import load_settings
 
 
 def git(repo: Path, *args: str) -> str:

@@ -1,4 +1,4 @@
-"""The local stack for real (``python -m ml_tasks.stack up``): its logins, and what it keeps.
+"""The local stack for real (``python -m tools.stack up``): its logins, and what it keeps.
 
 One stack for the session (the ``stack`` fixture), in a throwaway ``FLYWHEEL_HOME`` on free
 ports (the same ``FLYWHEEL_STACK_*_PORT`` variables a user sets), against a throwaway copy of
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 def test_the_approver_answers_the_approval_and_the_non_approver_is_refused(
     stack: Stack,
 ) -> None:
-    from flywheel_airflow.demo import ApiError
+    from tools.demo import ApiError
 
     passwords = stack.passwords()
     for user in ("admin", "approver", "non-approver"):

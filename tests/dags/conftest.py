@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # tests.servers
 sys.path.insert(0, str(REPO / "plugins"))
 
-from flywheel_airflow.demo import (  # noqa: E402
+from tests.servers import mlflow_server, steps_python  # noqa: E402
+from tools.demo import (  # noqa: E402
     APPROVER,
     AirflowApi,
     airflow_cli,
@@ -35,8 +36,6 @@ from flywheel_airflow.demo import (  # noqa: E402
     api_server,
     ensure_passwords,
 )
-
-from tests.servers import mlflow_server, steps_python  # noqa: E402
 
 INTRUDER = "intruder"
 USERS = {"admin": "admin", APPROVER: "user", INTRUDER: "user"}
@@ -160,7 +159,7 @@ class Responder(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        from flywheel_airflow.demo import ApiError
+        from tools.demo import ApiError
 
         try:
             self.detail = self.api.wait_for_approval(

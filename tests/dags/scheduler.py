@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flywheel_airflow.demo import AirflowApi, airflow_cli
-
-from ml_tasks.local_servers import stop_process_group
+from tools.demo import AirflowApi, airflow_cli
+from tools.local_servers import stop_process_group
 
 DAG_ID = "training"
 BROKEN = {"failed", "upstream_failed", "up_for_retry"}

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flywheel_airflow.demo import AirflowApi, airflow_cli
 
 from tests.dags.conftest import champion, make_data_repo, mlflow_get
 from tests.dags.scheduler import (
@@ -32,6 +31,7 @@ from tests.dags.scheduler import (
     task_states,
 )
 from tests.servers import mlflow_server
+from tools.demo import AirflowApi, airflow_cli
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flywheel_airflow.demo import AirflowApi, airflow_cli
 
 from tests.dags.conftest import champion, make_data_repo, mlflow_get
 from tests.dags.scheduler import (
@@ -41,6 +40,7 @@ from tests.dags.scheduler import (
     task_states,
 )
 from tests.servers import mlflow_server
+from tools.demo import AirflowApi, airflow_cli
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +69,9 @@ def two_version_repo(repo: Path, env: dict[str, str]) -> tuple[str, str]:
     git(repo, "commit", "-q", "-m", "dataset: the digits")
     code = (
         "from datetime import datetime; "
-        "from ml_tasks.config import load_settings; "
-        "from ml_tasks.dataset import add_version, synthesize; "
+        "from ml_tasks.core.settings import load_settings; "
+        "from ml_tasks.data.versions import add_version; "
+        "from ml_tasks.data.synthetic import synthesize; "
         "s = load_settings(); synthesize(s.data_dir, count=20, seed=9); "
         f"print(add_version(s, 'twenty more', when=datetime.fromisoformat('{SECOND_CREATED}'))"
         ".version)"

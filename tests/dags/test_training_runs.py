@@ -29,8 +29,8 @@ FAST = {"epochs": 4}
 
 
 def events_of(run_id: str) -> list[dict[str, Any]]:
-    from ml_tasks.config import load_settings
-    from ml_tasks.events import read_events
+    from ml_tasks.core.events import read_events
+    from ml_tasks.core.settings import load_settings
 
     return [
         e

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from ml_tasks.dataset import synthesize
+from ml_tasks.data.synthetic import synthesize
 
 SYSTEM_FILE = "/etc/passwd"  # a link to it must not bring its bytes into the lake
 QUARANTINED_AS_LOOSE = ("quarantined", "no_class_folder")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_tasks.dataset import write_digits
+from ml_tasks.data.synthetic import write_digits
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_tasks import events
-from ml_tasks.config import load_settings
-from ml_tasks.dataset import VersionFiles, VersionNotLocal, synthesize
-from ml_tasks.images import BadImage, decode_image
-from ml_tasks.lake import LocalLake, open_lake
+from ml_tasks.core import events
+from ml_tasks.core.lake import LocalLake, open_lake
+from ml_tasks.core.settings import load_settings
+from ml_tasks.data.dvc import VersionFiles, VersionNotLocal
+from ml_tasks.data.images import BadImage, decode_image
+from ml_tasks.data.synthetic import synthesize
 from ml_tasks.prepare import prepare
 from tests.conftest import REPO
 from tests.data.bad_input import (
@@ -261,7 +262,7 @@ def test_a_write_killed_midway_leaves_no_temporary_file(
         "import io, os, signal, sys\n"
         "from pathlib import Path\n"
         "import numpy as np\n"
-        "from ml_tasks.config import load_settings\n"
+        "from ml_tasks.core.settings import load_settings\n"
         "from ml_tasks.prepare import prepare\n"
         "real_savez = np.savez\n"
         "def savez(fh, **arrays):  # the caches' archives are built in memory: left alone\n"

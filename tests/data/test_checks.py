@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from ml_tasks.checks import check
-from ml_tasks.config import load_settings
-from ml_tasks.lake import open_lake
+from ml_tasks.core.lake import open_lake
+from ml_tasks.core.settings import load_settings
+from ml_tasks.core.step import StepError
 from ml_tasks.prepare import prepare
-from ml_tasks.step import StepError
 
 
 def test_digits_pass_every_expectation(flywheel_home: Path, digits_dir: Path) -> None:

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_tasks.config import load_settings
-from ml_tasks.dataset import synthesize
-from ml_tasks.lake import open_lake
+from ml_tasks.core.lake import open_lake
+from ml_tasks.core.settings import load_settings
+from ml_tasks.core.step import StepError
+from ml_tasks.data.prepare_cache import CACHE_FORMAT, DecodeCache
+from ml_tasks.data.synthetic import synthesize
 from ml_tasks.prepare import prepare
-from ml_tasks.prepare_cache import CACHE_FORMAT, DecodeCache
-from ml_tasks.step import StepError
 
 
 def prepare_dir(folder: Path) -> dict:
@@ -253,8 +253,8 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
 ) -> None:
     import hashlib
 
-    from ml_tasks.config import load_params
-    from ml_tasks.dataset import VersionFiles, VersionNotLocal
+    from ml_tasks.core.settings import load_params
+    from ml_tasks.data.dvc import VersionFiles, VersionNotLocal
     from ml_tasks.prepare import prepare_images
 
     folder, objects = tmp_path / "images", tmp_path / "dvc-objects"
@@ -336,7 +336,7 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
 def test_decode_cache_keeps_md5s_and_statistics_through_shards_and_merges(
     tmp_path: Path,
 ) -> None:
-    from ml_tasks.prepare_cache import pixel_stats
+    from ml_tasks.data.prepare_cache import pixel_stats
 
     rng = np.random.default_rng(3)
     images = {f"{i:064x}": rng.integers(0, 256, (4, 4), dtype=np.uint8) for i in range(5)}
@@ -368,8 +368,8 @@ def test_decode_cache_keeps_md5s_and_statistics_through_shards_and_merges(
 def test_an_unreadable_dvc_record_is_reported_and_dvc_asked_instead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_tasks import events
-    from ml_tasks.dataset import cached_manifest, dvc_objects
+    from ml_tasks.core import events
+    from ml_tasks.data.dvc import cached_manifest, dvc_objects
 
     monkeypatch.setenv("FLYWHEEL_REPO", str(tmp_path))
     log = tmp_path / "events.jsonl"

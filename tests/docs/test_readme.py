@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_tasks.local_servers import free_port
 from tests.readme_commands import REPO, commands
+from tools.local_servers import free_port
 
 # Commands another test runs: pattern -> (the test file, a token that file must contain).
 ELSEWHERE: dict[str, tuple[str, str]] = {
@@ -26,7 +26,7 @@ ELSEWHERE: dict[str, tuple[str, str]] = {
     r"make test-fast": ("Makefile", 'pytest -q -m "not slow"'),
     r"make stack-up": ("tests/annotation/stack_support.py", 'run("up")'),
     r"make stack-down": ("tests/annotation/stack_support.py", 'run("down")'),
-    r'eval "\$\(\S+ -m ml_tasks\.stack env\)"': ("tests/annotation/stack_support.py", '"env"'),
+    r'eval "\$\(\S+ -m tools\.stack env\)"': ("tests/annotation/stack_support.py", '"env"'),
     r"make pipeline": ("tests/kubeflow/test_local_run.py", "ml_tasks.pipelines"),
     r"\S+ -m ml_tasks\.pipelines local .*": ("tests/kubeflow/test_local_run.py", '"local"'),
     r"\S+ -m ml_tasks\.pipelines submit .*": ("tests/kubeflow/test_submit.py", '"submit"'),

@@ -146,7 +146,7 @@ def test_the_tail_path_matches_the_pods_log_files(config: dict[str, list[dict[st
     server, and nothing from other namespaces."""
     from flywheel_airflow.backends.kubernetes import PodSettings
 
-    from ml_tasks.inference_service import ServingOptions, render_inference_service
+    from ml_tasks.serving.inference_service import ServingOptions, render_inference_service
 
     (tail,) = config["INPUT"]
     container_id = "0" * 64

@@ -67,7 +67,7 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
 def test_the_names_the_code_expects_exist() -> None:
     from flywheel_airflow.backends.kubernetes import PodSettings
 
-    from ml_tasks.inference_service import ServingOptions
+    from ml_tasks.serving.inference_service import ServingOptions
 
     pods, serving = PodSettings(), ServingOptions()
     assert {o["metadata"]["name"] for o in by_kind("ConfigMap")} == {pods.config_map}
@@ -80,7 +80,7 @@ def test_the_names_the_code_expects_exist() -> None:
 def test_every_secret_the_code_or_values_name_is_created_in_the_guide() -> None:
     from flywheel_airflow.backends.kubernetes import PodSettings
 
-    from ml_tasks.inference_service import ServingOptions
+    from ml_tasks.serving.inference_service import ServingOptions
 
     guide = (REPO / "docs" / "deploy.md").read_text()
     pattern = r"kubectl [^\n]*create secret (?:generic|docker-registry) (\S+)"
@@ -134,8 +134,11 @@ def pod_environment(container: dict[str, Any]) -> dict[str, str]:
 def test_the_model_server_gets_the_tracking_and_lake_uris(monkeypatch: pytest.MonkeyPatch) -> None:
     """Resolved as the server resolves its settings: the registry it loads from is the MLflow
     service, the lake is the bucket (not a folder in the pod)."""
-    from ml_tasks.config import load_settings
-    from ml_tasks.inference_service import render_inference_service, validate_inference_service
+    from ml_tasks.core.settings import load_settings
+    from ml_tasks.serving.inference_service import (
+        render_inference_service,
+        validate_inference_service,
+    )
 
     manifest = render_inference_service("digits", "7")
     validate_inference_service(manifest)

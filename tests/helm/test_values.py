@@ -166,7 +166,7 @@ def test_tracking_uri_uses_the_port_mlflow_listens_on() -> None:
 
 
 def test_kserve_mode_is_the_one_the_inference_service_asks_for() -> None:
-    from ml_tasks.inference_service import render_inference_service
+    from ml_tasks.serving.inference_service import render_inference_service
 
     mode = values_of("kserve")["kserve"]["controller"]["deploymentMode"]
     assert mode in {"Standard", "Knative"}  # RawDeployment / Serverless are deprecated names

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ml_tasks.local_servers import free_port
 from tests.images import pods
 from tests.repo_copy import make_repo_copy
 from tests.servers import mlflow_server, s3_server
 from tools import images
+from tools.local_servers import free_port
 from tools.registry import running_registry
 
 # A cold build (the locked environment, ~13 min here) runs inside the first test's fixture.
@@ -179,7 +179,7 @@ def test_the_training_chain_runs_in_the_steps_image_then_the_serve_image_predict
 
     refs, store = pulled
     render = (
-        "import json, sys; from ml_tasks.inference_service import ServingOptions, "
+        "import json, sys; from ml_tasks.serving.inference_service import ServingOptions, "
         "render_inference_service, validate_inference_service; "
         f"m = render_inference_service('digits', '{model_version}', ServingOptions.from_env()); "
         "validate_inference_service(m); print(json.dumps(m))"

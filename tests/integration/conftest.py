@@ -54,8 +54,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     saved = {k: os.environ.get(k) for k in ("FLYWHEEL_REPO", "FLYWHEEL_HOME")}
     os.environ.update({"FLYWHEEL_REPO": ws.env["FLYWHEEL_REPO"], "FLYWHEEL_HOME": str(ws.home)})
     try:
-        from ml_tasks.config import load_settings
-        from ml_tasks.dataset import tracked_version, write_digits
+        from ml_tasks.core.settings import load_settings
+        from ml_tasks.data.dvc import tracked_version
+        from ml_tasks.data.synthetic import write_digits
         from ml_tasks.prepare import prepare
 
         settings = load_settings()

@@ -50,8 +50,9 @@ def test_two_backfill_dates_train_on_the_two_versions_current_then(tmp_path: Pat
     created_second = created_first + timedelta(days=1)
     code = (
         "from datetime import datetime; "
-        "from ml_tasks.config import load_settings; "
-        "from ml_tasks.dataset import add_version, synthesize; "
+        "from ml_tasks.core.settings import load_settings; "
+        "from ml_tasks.data.versions import add_version; "
+        "from ml_tasks.data.synthetic import synthesize; "
         "s = load_settings(); synthesize(s.data_dir, count=20, seed=9); "
         f"add_version(s, 'twenty more', "
         f"when=datetime.fromisoformat('{created_second.isoformat()}'))"

@@ -75,9 +75,9 @@ def test_the_dataset_travels_through_an_s3_remote(tmp_path: Path) -> None:
 def test_version_as_of_a_date_follows_the_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_tasks.config import load_settings
-    from ml_tasks.dataset import version_as_of
-    from ml_tasks.step import StepError
+    from ml_tasks.core.settings import load_settings
+    from ml_tasks.core.step import StepError
+    from ml_tasks.data.versions import version_as_of
 
     repo = make_repo_copy(tmp_path / "repo")
     monkeypatch.setenv("FLYWHEEL_REPO", str(repo))
@@ -97,9 +97,10 @@ def test_version_as_of_a_date_follows_the_index(
 def test_prepare_reads_a_version_from_dvcs_record_without_status_or_checkout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_tasks import dataset, events
-    from ml_tasks.config import load_settings
-    from ml_tasks.lake import open_lake
+    from ml_tasks.core import events
+    from ml_tasks.core.lake import open_lake
+    from ml_tasks.core.settings import load_settings
+    from ml_tasks.data import dvc, versions
     from ml_tasks.prepare import prepare
     from tests.repo_copy import git
 
@@ -116,7 +117,8 @@ def test_prepare_reads_a_version_from_dvcs_record_without_status_or_checkout(
     def no_status(settings: object) -> bool:
         raise AssertionError("`dvc status` ran: the version was not read from DVC's record")
 
-    monkeypatch.setattr(dataset, "workspace_matches", no_status)  # for the whole test
+    for module in (dvc, versions):  # for the whole test
+        monkeypatch.setattr(module, "workspace_matches", no_status)
     lake = open_lake(load_settings().lake_uri)
 
     def pixels(version: str) -> np.ndarray:
@@ -142,8 +144,9 @@ def test_prepare_reads_a_version_from_dvcs_record_without_status_or_checkout(
     # a second version (20 more images), then the first again, as a backfill asks for it:
     # both from DVC's record and cache, no checkout of the first
     synthesize_and_add = (
-        "from ml_tasks.config import load_settings; "
-        "from ml_tasks.dataset import add_version, synthesize; "
+        "from ml_tasks.core.settings import load_settings; "
+        "from ml_tasks.data.versions import add_version; "
+        "from ml_tasks.data.synthetic import synthesize; "
         "s = load_settings(); synthesize(s.data_dir, count=20, seed=9); add_version(s, 'more')"
     )
     subprocess.run([sys.executable, "-c", synthesize_and_add], env=env, check=True)
@@ -161,11 +164,11 @@ def test_prepare_reads_a_version_from_dvcs_record_without_status_or_checkout(
     # prepare's caches gone, and one new image neither in DVC's cache nor in the work tree:
     # the version is fetched from the DVC remote
     shutil.rmtree(Path(env["FLYWHEEL_HOME"]) / "cache" / "prepare")
-    manifest = dataset.cached_manifest(load_settings(), second["dataset_version"])
-    old = dataset.cached_manifest(load_settings(), first)
+    manifest = dvc.cached_manifest(load_settings(), second["dataset_version"])
+    old = dvc.cached_manifest(load_settings(), first)
     assert manifest is not None and old is not None
     new = next(rel for rel in manifest if rel not in old)
-    (dataset.dvc_objects(load_settings()) / manifest[new][:2] / manifest[new][2:]).unlink()
+    (dvc.dvc_objects(load_settings()) / manifest[new][:2] / manifest[new][2:]).unlink()
     (images / new).unlink()
     fetched = prepare(load_settings(), dataset_version=second["dataset_version"])
     assert fetched["images_in"] == 1817

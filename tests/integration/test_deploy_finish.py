@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from ml_tasks.local_servers import free_port
 from tests.integration.conftest import Workspace
 from tests.servers import mlflow_server
+from tools.local_servers import free_port
 
 pytestmark = pytest.mark.slow
 

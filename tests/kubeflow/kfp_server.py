@@ -78,7 +78,7 @@ def _execute(state: State, run: dict[str, Any], ir: bytes) -> None:
 
     from kfp.local import placeholder_utils
 
-    from ml_tasks.config import load_settings
+    from ml_tasks.core.settings import load_settings
     from ml_tasks.pipelines.local import run_ir
 
     original = placeholder_utils.make_random_id

@@ -1,7 +1,7 @@
 import pytest
 
-from ml_tasks.config import load_settings
-from ml_tasks.dataset import write_digits
+from ml_tasks.core.settings import load_settings
+from ml_tasks.data.synthetic import write_digits
 from ml_tasks.prepare import prepare
 from ml_tasks.train import PreparedData, load_prepared
 

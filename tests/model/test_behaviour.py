@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from ml_tasks.config import load_params
-from ml_tasks.model import Classifier
+from ml_tasks.core.settings import load_params
+from ml_tasks.model.classifier import Classifier
 from ml_tasks.train import PreparedData, fit
 from ml_tasks.validate import evaluate
 

@@ -120,7 +120,10 @@ def test_no_answer_in_time_is_recorded_as_a_timeout_reject() -> None:
         "responded_by_user": None,
     }
     # Airflow 3 skips the deploy branch by raising.
-    with mock.patch("ml_tasks.events.emit") as emit, contextlib.suppress(DownstreamTasksSkipped):
+    with (
+        mock.patch("ml_tasks.core.events.emit") as emit,
+        contextlib.suppress(DownstreamTasksSkipped),
+    ):
         gate.execute_complete(context, event)
     assert pushed["decision"] == {
         "choice": "Reject",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ml_tasks.inference_service import (
+from ml_tasks.serving.inference_service import (
     InvalidManifest,
     ServingOptions,
     crd_schema,
@@ -20,7 +20,7 @@ from ml_tasks.inference_service import (
 
 @pytest.fixture(scope="module")
 def manifest() -> dict[str, Any]:
-    crd_schema()  # load once for the module (the CRD vendored in ml_tasks/schemas/)
+    crd_schema()  # load once for the module (the CRD vendored in ml_tasks/serving/schemas/)
     return render_inference_service("digits", "7", ServingOptions(canary_traffic_percent=10))
 
 

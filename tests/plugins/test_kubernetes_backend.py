@@ -222,7 +222,7 @@ def test_a_failed_rollout_restores_the_previous_service_and_keeps_champion() -> 
     from airflow.sdk.exceptions import AirflowException
     from flywheel_airflow.backends import kubernetes as backend
 
-    from ml_tasks.inference_service import render_inference_service
+    from ml_tasks.serving.inference_service import render_inference_service
 
     manifest = render_inference_service("digits", "7")
     previous = backend.restorable(
@@ -250,7 +250,7 @@ def test_a_failed_rollout_restores_the_previous_service_and_keeps_champion() -> 
 def test_a_ready_rollout_moves_champion_with_the_promote_step() -> None:
     from flywheel_airflow.backends import kubernetes as backend
 
-    from ml_tasks.inference_service import render_inference_service
+    from ml_tasks.serving.inference_service import render_inference_service
 
     kpo = mock.Mock()
     kpo.execute.return_value = {"model_version": "7", "alias": "champion"}

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml_tasks.local_servers import running_server
 from tests.servers import REPO, free_port, steps_python
+from tools.local_servers import running_server
 
 MODEL_NAME = "digits"
 
@@ -65,7 +65,7 @@ def classifier(registered: RegisteredModel) -> Any:
     """The same registered model, evaluated in this process: what the server must agree with."""
     import mlflow
 
-    from ml_tasks.model import load_classifier
+    from ml_tasks.model.classifier import load_classifier
 
     mlflow.set_tracking_uri(registered.tracking_uri)
     mlflow.set_registry_uri(registered.tracking_uri)
@@ -105,7 +105,7 @@ class Server:
         return 0.0
 
     def events(self) -> list[dict[str, Any]]:
-        from ml_tasks.events import read_events
+        from ml_tasks.core.events import read_events
 
         return read_events(self.home / "logs" / "events.jsonl")
 

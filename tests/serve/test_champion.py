@@ -116,7 +116,7 @@ def downloaded(url: str, source: str, into: Path) -> Path:
 
 
 def probabilities(url: str, model_uri: str, images: np.ndarray) -> np.ndarray:
-    from ml_tasks.model import load_classifier
+    from ml_tasks.model.classifier import load_classifier
 
     use_mlflow(url)
     result: np.ndarray = load_classifier(model_uri).predict_proba(images / np.float32(255.0))
@@ -353,7 +353,7 @@ def test_only_an_alias_uri_is_watched() -> None:
 def test_the_stack_starts_its_model_service_without_a_champion(
     tmp_path: Path, mlflow_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_tasks import stack
+    from tools import stack
 
     name = "digits-stack"
     home = tmp_path / "home"

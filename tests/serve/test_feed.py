@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_transformed_digits_are_new_images_yet_repeatable() -> None:
     from sklearn.datasets import load_digits
 
-    from ml_tasks.images import encode_png
+    from ml_tasks.data.images import encode_png
 
     first = list(transformed_digits(30, seed=1))
     assert first == list(transformed_digits(30, seed=1))
@@ -86,8 +86,8 @@ def test_feed_without_a_service_says_how_to_start_one(tmp_path: Path) -> None:
 def test_the_stack_environment_points_feed_at_the_stack_model_service(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ml_tasks import stack
     from ml_tasks.feed import build_parser
+    from tools import stack
 
     state = {
         "s3": "http://127.0.0.1:9000",

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ml_tasks.images import encode_png
+from ml_tasks.data.images import encode_png
 from tests.readme_commands import REPO, blocks
 from tests.serve.conftest import RegisteredModel
 from tests.servers import free_port

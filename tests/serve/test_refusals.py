@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml_tasks.images import encode_png
+from ml_tasks.data.images import encode_png
 from tests.serve.conftest import MODEL_NAME, RegisteredModel, Server, model_server
 
 V1 = f"/v1/models/{MODEL_NAME}:predict"

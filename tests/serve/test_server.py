@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml_tasks.images import content_hash, decode_image, encode_png
-from ml_tasks.lake import s3_objects
+from ml_tasks.core.lake import s3_objects
+from ml_tasks.data.images import content_hash, decode_image, encode_png
 from tests.serve.conftest import MODEL_NAME, RegisteredModel, Server, model_server, wait_until
 from tests.servers import free_port, s3_client, s3_server
 

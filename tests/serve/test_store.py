@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml_tasks.images import content_hash, encode_png
-from ml_tasks.lake import LocalLake
+from ml_tasks.core.lake import LocalLake
+from ml_tasks.data.images import content_hash, encode_png
 from ml_tasks.serving.metrics import serving_metrics
 from ml_tasks.serving.store import IncomingImage, IncomingStore, as_png, write_incoming
 
@@ -96,7 +96,7 @@ def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
 
 
 def test_failed_writes_are_counted_and_logged(tmp_path: Path, flywheel_home: Path) -> None:
-    from ml_tasks import events
+    from ml_tasks.core import events
 
     (tmp_path / "not-a-folder").write_text("a file where the lake's folder should be")
     store = IncomingStore((tmp_path / "not-a-folder").as_uri())
@@ -154,7 +154,7 @@ def test_model_failure_is_a_500_without_internals() -> None:
 def test_drop_events_carry_the_running_total(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ml_tasks import events
+    from ml_tasks.core import events
 
     log = tmp_path / "events.jsonl"
     monkeypatch.setattr(events._state, "path", log)  # what events.configure sets, undone after

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ml_tasks.local_servers import free_port
 from tests.servers import mlflow_server
+from tools.local_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,8 +52,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp = pytest.MonkeyPatch()
     mp.setenv("FLYWHEEL_HOME", str(home))
     try:
-        from ml_tasks.config import load_settings
-        from ml_tasks.dataset import write_digits
+        from ml_tasks.core.settings import load_settings
+        from ml_tasks.data.synthetic import write_digits
         from ml_tasks.prepare import prepare
 
         write_digits(root / "images")

@@ -22,7 +22,7 @@ def run_tune(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[
 def test_a_seeded_study_prunes_logs_every_trial_and_writes_the_best_params(
     tune_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ml_tasks.config import load_settings
+    from ml_tasks.core.settings import load_settings
 
     code, result, err = run_tune(capsys, "run", "--dataset-version", "digits", "--study", "s1")
     assert code == 0, err
@@ -85,7 +85,7 @@ def test_a_trial_that_raises_is_failed_with_its_error_and_the_study_goes_on(
     )
     assert code == 0, err
     assert result["counts"] == {"COMPLETE": 2, "FAIL": 1}
-    from ml_tasks.config import load_settings
+    from ml_tasks.core.settings import load_settings
 
     failed = [
         r
@@ -121,7 +121,7 @@ def test_a_bad_space_is_refused_before_any_trial(
 def test_a_storage_that_cannot_be_reached_is_named_before_any_trial(
     tune_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ml_tasks.local_servers import free_port
+    from tools.local_servers import free_port
 
     url = f"postgresql+psycopg://flywheel:secret@127.0.0.1:{free_port()}/optuna"
     code, _, err = run_tune(

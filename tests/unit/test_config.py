@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ml_tasks.config import ConfigError, load_params, load_settings
+from ml_tasks.core.settings import ConfigError, load_params, load_settings
 
 
 def test_defaults_live_under_the_state_folder(flywheel_home: Path) -> None:
@@ -107,7 +107,8 @@ def test_config_command_prints_json(flywheel_home: Path) -> None:
 
 def test_importing_ml_tasks_does_no_work(flywheel_home: Path) -> None:
     code = (
-        "import ml_tasks.config, ml_tasks.events, ml_tasks.lake, ml_tasks.step, sys; "
+        "import ml_tasks.core.settings, ml_tasks.core.events, ml_tasks.core.lake, "
+        "ml_tasks.core.step, sys; "
         "print(sorted(m for m in ('torch', 'mlflow', 'great_expectations') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from ml_tasks import events
-from ml_tasks.config import load_settings
+from ml_tasks.core import events
+from ml_tasks.core.settings import load_settings
+from ml_tasks.core.step import StepError
 from ml_tasks.deploy import promote, reject, rollback
-from ml_tasks.step import StepError
 
 
 @pytest.fixture()
@@ -20,7 +20,7 @@ def registry(flywheel_home: Path) -> Any:
     """Model ``digits`` with three versions (sources need not hold a model to be moved)."""
     from mlflow import MlflowClient
 
-    from ml_tasks.tracking import use_mlflow
+    from ml_tasks.model.tracking import use_mlflow
 
     settings = load_settings()
     use_mlflow(settings)

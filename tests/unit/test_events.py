@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_tasks import events
+from ml_tasks.core import events
 
 
 def test_event_lines_carry_time_component_action_and_ids(

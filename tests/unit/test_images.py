@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_tasks.images import BadImage, decode_image, encode_png
+from ml_tasks.data.images import BadImage, decode_image, encode_png
 
 
 def png(mode: str, size: tuple[int, int] = (8, 8), color: object = 0) -> bytes:

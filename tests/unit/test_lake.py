@@ -3,7 +3,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from ml_tasks.lake import Lake, LakeError, open_lake
+from ml_tasks.core.lake import Lake, LakeError, open_lake
 from tests.servers import s3_server
 
 

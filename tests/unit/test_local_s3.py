@@ -15,8 +15,8 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 
-from ml_tasks.lake import s3_objects
-from ml_tasks.local_servers import free_port, wait_for_http
+from ml_tasks.core.lake import s3_objects
+from tools.local_servers import free_port, wait_for_http
 
 BUCKET = "lake"
 
@@ -28,7 +28,7 @@ def endpoint(data_dir: Path, port: int) -> Iterator[Any]:
         [
             sys.executable,
             "-m",
-            "ml_tasks.local_s3",
+            "tools.local_s3",
             "--data-dir",
             str(data_dir),
             "--port",
@@ -125,7 +125,7 @@ def test_a_file_it_did_not_write_stops_the_start_with_its_path(tmp_path: Path) -
     (data / BUCKET / ".bucket").write_text('{"name": "lake"}')
     (data / BUCKET / "ab" / "abcdef").write_bytes(b"not json\nbytes")
     done = subprocess.run(
-        [sys.executable, "-m", "ml_tasks.local_s3", "--data-dir", str(data), "--port", "1"],
+        [sys.executable, "-m", "tools.local_s3", "--data-dir", str(data), "--port", "1"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -145,7 +145,7 @@ def test_a_taken_port_is_named(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "ml_tasks.local_s3",
+                "tools.local_s3",
                 "--data-dir",
                 str(tmp_path),
                 "--port",

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_tasks.local_servers import free_port, running_server
+from tools.local_servers import free_port, running_server
 
 
 def test_a_server_is_ready_inside_the_block_and_stopped_after(tmp_path: Path) -> None:

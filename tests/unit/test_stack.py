@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from ml_tasks import stack
+from tools import stack
 
 
 @pytest.fixture(autouse=True)

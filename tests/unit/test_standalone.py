@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_tasks import inference_service
+from ml_tasks.serving import inference_service
 
 REPO = Path(__file__).resolve().parents[2]
 # Spelt in two pieces so that this file does not name what it forbids.

@@ -121,7 +121,7 @@ def test_a_refused_dataset_date_exits_3(flywheel_home: Path, tmp_path: Path) -> 
 
 
 def test_a_step_writes_its_result_where_asked(flywheel_home: Path, tmp_path: Path) -> None:
-    from ml_tasks.dataset import synthesize
+    from ml_tasks.data.synthetic import synthesize
 
     synthesize(tmp_path / "images", count=30, size=8)
     result = tmp_path / "out" / "result.json"

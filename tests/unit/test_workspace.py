@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ml_tasks import workspace
-from ml_tasks.config import load_settings
-from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE
-from ml_tasks.step import InfrastructureError, run_step
+from ml_tasks.core import workspace
+from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE
+from ml_tasks.core.settings import load_settings
+from ml_tasks.core.step import InfrastructureError, run_step
 from tests.repo_copy import make_repo_copy
 
 

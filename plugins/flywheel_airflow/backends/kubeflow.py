@@ -21,7 +21,7 @@ import subprocess
 import time
 from typing import Any
 
-from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
+from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 DEFAULT_TIMEOUT = 6 * 3600.0
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
+from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -327,7 +327,7 @@ def restore_inference_service(
 def start_cluster_deploy(op: Any, context: Any) -> Any:
     """Apply the InferenceService for the approved version, then defer until it is Ready."""
     from flywheel_airflow.triggers.inference_service import InferenceServiceReadyTrigger
-    from ml_tasks.inference_service import (
+    from ml_tasks.serving.inference_service import (
         ServingOptions,
         render_inference_service,
         validate_inference_service,

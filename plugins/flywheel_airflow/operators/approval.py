@@ -159,7 +159,7 @@ class ApprovalGate(HITLBranchOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         # Record first: branching ends this method by raising (Airflow 3 skips downstream
         # tasks through an exception), so nothing after super() would run.
-        from ml_tasks import events
+        from ml_tasks.core import events
 
         responder = event.get("responded_by_user") or {}
         who = str(responder.get("id") or TIMEOUT_RESPONDER)

@@ -45,7 +45,7 @@ from flywheel_airflow.operators.process import (
     start_step_process,
     terminate_process_group,
 )
-from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
+from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 
 def steps_python() -> str:

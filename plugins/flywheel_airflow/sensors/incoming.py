@@ -52,7 +52,7 @@ class IncomingImagesSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def _location(self) -> tuple[str, str]:
-        from ml_tasks.config import load_settings
+        from ml_tasks.core.settings import load_settings
 
         return incoming_location(self.lake_uri or load_settings().lake_uri)
 
@@ -60,7 +60,7 @@ class IncomingImagesSensor(BaseSensorOperator):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         from ml_tasks.annotation.batches import count_waiting
-        from ml_tasks.lake import s3_objects
+        from ml_tasks.core.lake import s3_objects
 
         bucket, prefix = self._location()
         client = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()

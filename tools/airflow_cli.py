@@ -11,7 +11,7 @@ of 1000 instead of 10) and the heap frozen at exit, as Airflow's own forked proc
 Long-lived processes (scheduler, api-server, triggerer) keep the defaults: start them with
 ``airflow`` as usual.
 
-``.venvs/orchestrator/bin/python -m flywheel_airflow.cli dags test training``
+``.venvs/orchestrator/bin/python -m tools.airflow_cli dags test training``
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The local stack: every service of the loop on this machine, started and stopped in one go.
 
-``python -m ml_tasks.stack up`` starts, on 127.0.0.1 at fixed ports (:data:`PORTS`; each can be
+``python -m tools.stack up`` starts, on 127.0.0.1 at fixed ports (:data:`PORTS`; each can be
 moved with its environment variable, and a port already taken stops ``up`` with its name and
 variable):
 
-- a local S3 endpoint (:mod:`ml_tasks.local_s3`: moto's S3, every acknowledged write kept on
+- a local S3 endpoint (:mod:`tools.local_s3`: moto's S3, every acknowledged write kept on
   disk) with the lake bucket, which also holds the DVC remote;
 - MLflow (SQLite + served artifacts);
 - Label Studio (its own virtualenv, preset admin and API token, safe SSRF settings);
@@ -20,7 +20,7 @@ variable):
   same role, not an approver: answering an approval gets 403);
 
 then prints the URLs, logins, and the environment to copy into a shell
-(``python -m ml_tasks.stack env``). ``python -m ml_tasks.stack down`` stops all of it
+(``python -m tools.stack env``). ``python -m tools.stack down`` stops all of it
 (each service runs in its own process group, recorded in ``<FLYWHEEL_HOME>/stack/state.json``).
 
 Everything the stack holds lives under ``<FLYWHEEL_HOME>/stack`` and ``<FLYWHEEL_HOME>/airflow``
@@ -46,9 +46,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ml_tasks.annotation import label_studio_server as lss
-from ml_tasks.config import load_settings
-from ml_tasks.local_servers import wait_for_http
+from ml_tasks.core.settings import load_settings
+from tools import label_studio_server as lss
+from tools.local_servers import wait_for_http
 
 IMAGES = ("steps", "serve")
 
@@ -275,7 +275,7 @@ def stack_env(state: dict[str, Any]) -> dict[str, str]:
 def up(serve: bool = True) -> dict[str, Any]:
     state = read_state()
     if any(alive(s["pid"]) for s in state.get("services", {}).values()):
-        raise StackRefused("the stack is already running: `python -m ml_tasks.stack down` first")
+        raise StackRefused("the stack is already running: `python -m tools.stack down` first")
     chosen = ports()
     check_ports_free(chosen if serve else {k: v for k, v in chosen.items() if k != "model_service"})
     state = {"ports": chosen}
@@ -290,7 +290,7 @@ def up(serve: bool = True) -> dict[str, Any]:
         [
             venv_bin("steps", "python"),
             "-m",
-            "ml_tasks.local_s3",
+            "tools.local_s3",
             "--data-dir",
             str(state_dir() / "s3"),
             "--port",
@@ -470,15 +470,15 @@ def describe(state: dict[str, Any]) -> str:
         f"Registry       {state.get('registry') or state.get('registry_note')}   "
         "(make push with REGISTRY and PROJECT from the environment above)",
         f"Logs           {state_dir()}",
-        'Environment    eval "$(python -m ml_tasks.stack env)"',
-        "Stop           python -m ml_tasks.stack down   (everything is kept for the next up)",
+        'Environment    eval "$(python -m tools.stack env)"',
+        "Stop           python -m tools.stack down   (everything is kept for the next up)",
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.stack", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.stack", description=__doc__.split("\n\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("up", help="start everything and print URLs and logins")

@@ -80,7 +80,7 @@ def configure(
     Lines go to ``logger`` when one is given (an Airflow task's own), else to ``stream``
     (stderr by default).
     """
-    from ml_tasks.config import load_settings
+    from ml_tasks.core.settings import load_settings
 
     _state.component = component
     _state.path = path if path is not None else load_settings().log_path

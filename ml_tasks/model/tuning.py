@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from ml_tasks import events
-from ml_tasks.config import HYPERPARAMS, Settings, load_params
-from ml_tasks.step import InfrastructureError, StepError
+from ml_tasks.core import events
+from ml_tasks.core.settings import HYPERPARAMS, Settings, load_params
+from ml_tasks.core.step import InfrastructureError, StepError
 
 STORAGE_ENV = "FLYWHEEL_OPTUNA_STORAGE"
 # An Airflow Connection handed to the step as an environment variable (URI or JSON), as
@@ -237,7 +237,7 @@ def best_params_key(dataset_version: str, study_name: str | None = None) -> str:
 
 def load_best_params(settings: Settings, dataset_version: str) -> dict[str, Any]:
     """The latest best params written for ``dataset_version`` (StepError when none)."""
-    from ml_tasks.lake import open_lake
+    from ml_tasks.core.lake import open_lake
 
     lake = open_lake(settings.lake_uri)
     key = best_params_key(dataset_version)

@@ -10,10 +10,10 @@ import warnings
 from datetime import UTC, datetime
 from typing import Any
 
-from ml_tasks import events
-from ml_tasks.config import Settings
-from ml_tasks.step import StepError
-from ml_tasks.tuning import PARENT_ATTR, load_study, load_tune_config, storage_url
+from ml_tasks.core import events
+from ml_tasks.core.settings import Settings
+from ml_tasks.core.step import StepError
+from ml_tasks.model.tuning import PARENT_ATTR, load_study, load_tune_config, storage_url
 
 
 def _save_plots(study: Any, client: Any, parent: str) -> list[str]:
@@ -57,9 +57,9 @@ def finish(settings: Settings, study_name: str, *, storage: str | None = None) -
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    from ml_tasks.lake import open_lake
-    from ml_tasks.tracking import use_mlflow
-    from ml_tasks.tuning import best_params_key
+    from ml_tasks.core.lake import open_lake
+    from ml_tasks.model.tracking import use_mlflow
+    from ml_tasks.model.tuning import best_params_key
 
     config = load_tune_config(settings)
     url = storage_url(settings, storage)

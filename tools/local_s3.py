@@ -21,7 +21,7 @@ and notifications, multipart uploads not yet completed, and last-modified times 
 object is as new as the restart). Bucket-addressed and path-style requests on 127.0.0.1 are
 what every client here sends.
 
-``python -m ml_tasks.local_s3 --data-dir DIR --port PORT`` (127.0.0.1 only by default).
+``python -m tools.local_s3 --data-dir DIR --port PORT`` (127.0.0.1 only by default).
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ def serve(data_dir: Path, host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.local_s3", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.local_s3", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--data-dir", type=Path, required=True, help="where objects are kept")
     parser.add_argument("--host", default="127.0.0.1")

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml_tasks.dataset import VersionFiles, VersionNotLocal, file_kind, read_regular_file
-from ml_tasks.images import content_hash
+from ml_tasks.data.dvc import VersionFiles, VersionNotLocal
+from ml_tasks.data.files import file_kind, read_regular_file
+from ml_tasks.data.images import content_hash
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ml_tasks import events
-from ml_tasks.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
+from ml_tasks.core import events
+from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 POD_RESULT_PATH = Path("/airflow/xcom/return.json")
 

@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ml_tasks import events
-from ml_tasks.config import Settings
-from ml_tasks.step import InfrastructureError, StepError
+from ml_tasks.core import events
+from ml_tasks.core.settings import Settings
+from ml_tasks.core.step import InfrastructureError, StepError
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ dataset versions committed after the image was built, and ingest pushes there.
 
 A repository that cannot be made writable is a deployment fault (a git server that did not
 answer, a missing setting), not bad input: :class:`WorkspaceError` is an
-:class:`~ml_tasks.step.InfrastructureError`, so the step exits 75 (retried) instead of 3 (which
+:class:`~ml_tasks.core.step.InfrastructureError`, so the step exits 75 (retried) instead of 3 (which
 tells the orchestrator never to retry), and its result and message say what to fix.
 """
 
@@ -24,8 +24,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ml_tasks.config import Settings
-from ml_tasks.step import InfrastructureError
+from ml_tasks.core.settings import Settings
+from ml_tasks.core.step import InfrastructureError
 
 
 class WorkspaceError(InfrastructureError):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ml_tasks.images import content_hash
-from ml_tasks.lake import LocalLake
+from ml_tasks.core.lake import LocalLake
+from ml_tasks.data.images import content_hash
 
 CACHE_FORMAT = "v3"  # v2: md5s and pixel statistics kept; v3: EXIF orientation applied, new reasons
 IDS = 64 + 32  # a file's ids: sha256 and md5, in hex

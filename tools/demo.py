@@ -1,6 +1,6 @@
 """The demo: run the training DAG end to end on this machine and answer its approval over REST.
 
-``.venvs/orchestrator/bin/python -m flywheel_airflow.demo`` (what ``make demo`` calls):
+``.venvs/orchestrator/bin/python -m tools.demo`` (what ``make demo`` calls):
 
 1. an Airflow home under the state folder (``.flywheel/airflow``: SQLite, no examples, this
    repository's ``dags/`` and ``plugins/``, the simple auth manager with a named approver);
@@ -8,7 +8,7 @@
    with the steps interpreter); a deploy an earlier run approved but did not finish is
    finished (``python -m ml_tasks.deploy finish``), so a re-run picks up where it stopped;
 3. ``airflow api-server`` on a free loopback port, then ``airflow dags test training`` (through
-   :mod:`flywheel_airflow.cli`: the same command, the collector tuned for a short process);
+   :mod:`tools.airflow_cli`: the same command, the collector tuned for a short process);
 4. when the run parks at ``await_approval``, the approver answers through the REST API, exactly
    the call the UI's *Required Actions* page makes (``PATCH .../hitlDetails``), so the answer is
    recorded as theirs; the gate itself is never skipped, marked or shortened;
@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from flywheel_airflow.gates import API_CONN_ID
-from ml_tasks.local_servers import free_port, running_server, stop_process_group
 
-CODE_ROOT = Path(__file__).resolve().parents[2]
+from tools.local_servers import free_port, running_server, stop_process_group
+
+CODE_ROOT = Path(__file__).resolve().parents[1]
 DAG_ID = "training"
 APPROVER = "demo-approver"
 APPROVER_NAME = "Demo Approver"
@@ -102,7 +103,7 @@ def dags_test_command(*args: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "flywheel_airflow.cli",
+        "tools.airflow_cli",
         "dags",
         "test",
         DAG_ID,
@@ -298,7 +299,7 @@ def finish_undone_deploys(env: Mapping[str, str]) -> list[dict[str, Any]]:
 
 
 def run_demo(*, answer: str = "Approve", conf: dict[str, Any] | None = None) -> int:
-    from ml_tasks.config import load_settings
+    from ml_tasks.core.settings import load_settings
 
     settings = load_settings()
     airflow_home = settings.home / "airflow"
@@ -383,7 +384,7 @@ def run_demo(*, answer: str = "Approve", conf: dict[str, Any] | None = None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m flywheel_airflow.demo", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.demo", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--answer",

@@ -7,7 +7,7 @@ applied when the user is first created, so keep the token with the data folder),
 closed, no analytics, and SSRF protection kept on but allowing loopback and private networks
 (a local S3 endpoint or an in-cluster MinIO), with the cloud metadata range still banned.
 
-Commands: ``python -m ml_tasks.annotation.label_studio_server install|start|stop``. Stdlib only,
+Commands: ``python -m tools.label_studio_server install|start|stop``. Stdlib only,
 so it runs from any environment.
 """
 
@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ml_tasks.local_servers import free_port, wait_for_http
+from tools.local_servers import free_port, wait_for_http
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_USERNAME = "admin@flywheel.local"
@@ -57,7 +57,7 @@ class LabelStudioServer:
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[1]
 
 
 def venv_dir() -> Path:
@@ -163,7 +163,7 @@ def start(
     binary = label_studio_bin()
     if not binary.exists():
         raise LabelStudioError(
-            f"{binary} not found: run `python -m ml_tasks.annotation.label_studio_server install`"
+            f"{binary} not found: run `python -m tools.label_studio_server install`"
         )
     # Credentials go in the environment, not on the command line (which `ps` shows).
     data_dir = data_dir.resolve()
@@ -240,7 +240,7 @@ def _reap(pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.annotation.label_studio_server",
+        prog="python -m tools.label_studio_server",
         description="Install, start or stop a local Label Studio (its own virtualenv).",
     )
     sub = parser.add_subparsers(dest="command", required=True)

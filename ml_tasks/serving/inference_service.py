@@ -12,7 +12,7 @@ its artifacts) come from Kubernetes Secrets through ``envFrom``, the tracking an
 the ``flywheel-config`` ConfigMap; nothing secret is rendered.
 
 No cluster runs where this is developed, so the manifest is validated offline against KServe's
-CRD, vendored beside this module (``ml_tasks/schemas/``; source and licence in ``NOTICE``;
+CRD, vendored beside this module (``ml_tasks/serving/schemas/``; source and licence in ``NOTICE``;
 ``FLYWHEEL_SCHEMAS_DIR`` overrides the folder): the CRD's v1beta1 ``openAPIV3Schema`` (what the
 API server checks) plus a strict pass that rejects fields the schema does not declare, as
 ``kubectl apply --validate=strict`` would; a typo must not silently deploy a default.
@@ -225,7 +225,7 @@ def crd_schema(path: Path | None = None) -> dict[str, Any]:
     path = path or schemas_dir() / CRD_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"the KServe CRD schema is missing: {path} (it ships in ml_tasks/schemas/; "
+            f"the KServe CRD schema is missing: {path} (it ships in ml_tasks/serving/schemas/; "
             f"FLYWHEEL_SCHEMAS_DIR, when set, must name a folder that holds {CRD_FILE})"
         )
     return _load_schema(path.resolve())

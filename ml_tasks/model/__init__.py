@@ -1,0 +1,1 @@
+"""The model: the classifier network, MLflow tracking and lineage, the tuning settings."""
