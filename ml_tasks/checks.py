@@ -11,15 +11,17 @@ result name them, so whoever reads the checks knows some labels need a person's 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from ml_tasks.core import events
+from ml_tasks.core.command import ResultPath, command_app, entry_point, report
 from ml_tasks.core.lake import open_lake
 from ml_tasks.core.settings import Settings, load_params, load_settings
-from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.core.step import StepError
 from ml_tasks.prepare import prepared_prefix
 from ml_tasks.resolve_dataset import resolve_dataset_version
 
@@ -165,24 +167,28 @@ def check(settings: Settings, dataset_version: str) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.checks",
-        description="Run the Great Expectations data checks on a prepared dataset version.",
-    )
-    parser.add_argument(
-        "--dataset-version", help="the prepared version to check (default: the work tree's)"
-    )
-    add_result_option(parser)
-    args = parser.parse_args(argv)
+app = command_app()
+
+
+@app.command()
+def checks(
+    dataset_version: Annotated[
+        str | None,
+        typer.Option(help="the prepared version to check (default: the work tree's)"),
+    ] = None,
+    result_path: ResultPath = None,
+) -> None:
+    """Run the Great Expectations data checks on a prepared dataset version."""
     settings = load_settings()
-    return run_step(
+    report(
         "checks",
-        lambda: check(settings, resolve_dataset_version(args.dataset_version)),
-        result_path=args.result_path,
-        context={"dataset_version": args.dataset_version},
+        lambda: check(settings, resolve_dataset_version(dataset_version)),
+        result_path=result_path,
+        context={"dataset_version": dataset_version},
     )
 
+
+main = entry_point(app, "ml_tasks.checks")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -9,7 +9,7 @@ exit code 3 and a clear message on stderr, which tells the orchestrator not to r
 the step needs that does not answer (:class:`InfrastructureError`: the MLflow server is down)
 exits 75, ``EX_TEMPFAIL`` in ``sysexits.h``: the same run may succeed later, so retry it; its
 ``failed`` event and JSON result (``status: failed``, ``retry: true``) say what was unreachable.
-Usage errors exit 2 (argparse); a crash exits 1 and may be retried.
+Usage errors exit 2 (:mod:`ml_tasks.core.command`); a crash exits 1 and may be retried.
 """
 
 from __future__ import annotations
@@ -20,13 +20,25 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from ml_tasks.core import events
 from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 POD_RESULT_PATH = Path("/airflow/xcom/return.json")
+
+# What a step's function returns: a typed result (a dataclass instance) or a plain mapping;
+# either way one small JSON document.
+StepResult: TypeAlias = Any
+
+
+def result_fields(out: StepResult) -> dict[str, Any]:
+    """A step's result as the fields of its JSON document."""
+    if is_dataclass(out) and not isinstance(out, type):
+        return asdict(out)
+    return dict(out)
 
 
 class StepError(Exception):
@@ -77,7 +89,7 @@ def add_result_option(parser: argparse.ArgumentParser) -> None:
 
 def run_step(
     component: str,
-    body: Callable[[], Mapping[str, Any]],
+    body: Callable[[], StepResult],
     *,
     result_path: Path | None,
     context: Mapping[str, Any] | None = None,
@@ -87,7 +99,7 @@ def run_step(
     started = time.monotonic()
     events.emit("started", **(context or {}))
     try:
-        result = dict(body())
+        result = result_fields(body())
     except StepError as exc:
         events.emit("failed", level="error", error=str(exc), **(context or {}))
         print(f"error: {exc}", file=sys.stderr)
