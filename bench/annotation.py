@@ -50,7 +50,8 @@ def train_champion(model_name: str, artifacts: Path) -> str:
     import mlflow
     import numpy as np
 
-    from ml_tasks.train import PreparedData, fit_and_register
+    from ml_tasks.data.prepared import PreparedData
+    from ml_tasks.train import fit_and_register
 
     rng = np.random.default_rng(0)
     y = np.arange(400) % 10

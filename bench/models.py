@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml_tasks.train import PreparedData
+from ml_tasks.data.prepared import PreparedData
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ml_tasks.core.command import ResultPath, command_app, entry_point, report
 from ml_tasks.core.lake import open_lake
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.core.step import StepError
-from ml_tasks.prepare import prepared_prefix
+from ml_tasks.data.prepared import prepared_prefix
 from ml_tasks.resolve_dataset import resolve_dataset_version
 
 

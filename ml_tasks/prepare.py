@@ -393,22 +393,6 @@ def write_prepared(
     return result
 
 
-def prepared_prefix(lake: Lake, dataset_version: str) -> str:
-    """``prepared/<dataset version>`` in the lake, once prepare has written all of it.
-
-    Readers (checks, train, validate) call this first: ``summary.json`` is written last, so a
-    version without it was never prepared, or its prepare has not finished (or failed).
-    """
-    prefix = f"prepared/{dataset_version}"
-    if not lake.exists(f"{prefix}/summary.json"):
-        raise StepError(
-            f"dataset version {dataset_version} is not prepared (no {prefix}/summary.json in "
-            f"{lake.url('')}): run `python -m ml_tasks.prepare --dataset-version "
-            f"{dataset_version}` first"
-        )
-    return prefix
-
-
 def metadata_csv(prepared: Prepared, splits: list[str]) -> str:
     """One row per prepared image: what the data checks read."""
     _, height, width = prepared.pixels.shape

@@ -10,9 +10,7 @@ revision and the calling orchestrator run.
 from __future__ import annotations
 
 import argparse
-import io
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,28 +19,8 @@ from ml_tasks.core import events
 from ml_tasks.core.lake import open_lake
 from ml_tasks.core.settings import HYPERPARAMS, Settings, load_params, load_settings
 from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.data.prepared import PreparedData, load_prepared
 from ml_tasks.resolve_dataset import resolve_dataset_version
-
-
-@dataclass
-class PreparedData:
-    x: np.ndarray
-    y: np.ndarray
-    split: np.ndarray
-    classes: list[str]
-
-    def part(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        mask = self.split == name
-        return self.x[mask], self.y[mask]
-
-
-def load_prepared(settings: Settings, dataset_version: str) -> PreparedData:
-    from ml_tasks.prepare import prepared_prefix
-
-    lake = open_lake(settings.lake_uri)
-    raw = lake.read_bytes(f"{prepared_prefix(lake, dataset_version)}/data.npz")
-    with np.load(io.BytesIO(raw)) as data:
-        return PreparedData(data["x"], data["y"], data["split"], [str(c) for c in data["classes"]])
 
 
 def fit(

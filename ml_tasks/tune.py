@@ -52,8 +52,8 @@ def create(
     import optuna
     from mlflow import MlflowClient
 
+    from ml_tasks.data.prepared import load_prepared
     from ml_tasks.model.tracking import lineage_tags, use_mlflow
-    from ml_tasks.train import load_prepared
 
     config = load_tune_config(settings)
     url = storage_url(settings, storage)
@@ -207,8 +207,8 @@ def worker(
     import optuna
     import torch
 
+    from ml_tasks.data.prepared import load_prepared
     from ml_tasks.model.tracking import use_mlflow
-    from ml_tasks.train import load_prepared
 
     config = load_tune_config(settings)
     url = storage_url(settings, storage)

@@ -156,9 +156,9 @@ def validate(
     from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
 
+    from ml_tasks.data.prepared import load_prepared
     from ml_tasks.model.classifier import load_classifier
     from ml_tasks.model.tracking import lineage_tags, use_mlflow
-    from ml_tasks.train import load_prepared
 
     rules = load_params(settings.params_path)["validate"]
     if min_improvement is not None:

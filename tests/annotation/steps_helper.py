@@ -44,7 +44,8 @@ def synthetic_pixels(count: int, seed: int, size: int = 8) -> tuple[np.ndarray, 
 def champion(model_name: str) -> None:
     import mlflow
 
-    from ml_tasks.train import PreparedData, fit_and_register
+    from ml_tasks.data.prepared import PreparedData
+    from ml_tasks.train import fit_and_register
 
     x, y = synthetic_pixels(600, seed=1)
     split = np.where(np.arange(len(y)) % 7 == 0, "val", "train")  # every class in both

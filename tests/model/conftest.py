@@ -1,9 +1,9 @@
 import pytest
 
 from ml_tasks.core.settings import load_settings
+from ml_tasks.data.prepared import PreparedData, load_prepared
 from ml_tasks.data.synthetic import write_digits
 from ml_tasks.prepare import prepare
-from ml_tasks.train import PreparedData, load_prepared
 
 
 @pytest.fixture(scope="module")

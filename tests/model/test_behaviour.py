@@ -4,8 +4,9 @@ import numpy as np
 import torch
 
 from ml_tasks.core.settings import load_params
+from ml_tasks.data.prepared import PreparedData
 from ml_tasks.model.classifier import Classifier
-from ml_tasks.train import PreparedData, fit
+from ml_tasks.train import fit
 from ml_tasks.validate import evaluate
 
 PARAMS = load_params()
