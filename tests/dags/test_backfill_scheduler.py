@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from tests.dags.scheduler import (
     scheduler_env,
     task_states,
 )
+from tests.datasets import add_synthetic_version
 from tests.servers import mlflow_server
 from tools.demo import AirflowApi, airflow_cli
 
@@ -67,20 +69,13 @@ def two_version_repo(repo: Path, env: dict[str, str]) -> tuple[str, str]:
     index.write_text(json.dumps({**entry, "created_at": FIRST_CREATED}) + "\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "dataset: the digits")
-    code = (
-        "from datetime import datetime; "
-        "from ml_tasks.core.settings import load_settings; "
-        "from ml_tasks.data.versions import add_version; "
-        "from ml_tasks.data.synthetic import synthesize; "
-        "s = load_settings(); synthesize(s.data_dir, count=20, seed=9); "
-        f"print(add_version(s, 'twenty more', when=datetime.fromisoformat('{SECOND_CREATED}'))"
-        ".version)"
+    second = add_synthetic_version(
+        env,
+        count=20,
+        seed=9,
+        when=datetime.fromisoformat(SECOND_CREATED),
+        python=env["FLYWHEEL_STEPS_PYTHON"],
     )
-    done = subprocess.run(
-        [env["FLYWHEEL_STEPS_PYTHON"], "-c", code], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    second = done.stdout.strip().splitlines()[-1]
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "dataset: twenty more")
     assert second != first

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.datasets import materialize
 from tests.images import pods
 from tests.repo_copy import make_repo_copy
 from tests.servers import mlflow_server, s3_server
@@ -89,14 +90,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             "HOME": str(work),
             **S3_KEYS,
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "ml_tasks.dataset", "materialize"],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        version = json.loads(done.stdout)["dataset_version"]
+        version = materialize(env)["dataset_version"]
         yield {"endpoint": endpoint, "tracking": tracking, "dataset_version": version}
 
 

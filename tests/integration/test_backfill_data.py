@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.datasets import add_synthetic_version, materialize
 from tests.repo_copy import git, make_repo_copy
 
 pytestmark = pytest.mark.slow
@@ -36,28 +37,14 @@ def test_two_backfill_dates_train_on_the_two_versions_current_then(tmp_path: Pat
         "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
         "HOME": str(tmp_path),
     }
-    subprocess.run(
-        [sys.executable, "-m", "ml_tasks.dataset", "materialize"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    materialize(env)
     first = json.loads((repo / "data/versions.jsonl").read_text().splitlines()[0])
     created_first = datetime.fromisoformat(first["created_at"])
 
     # a second version, created a day later: 20 more images, recorded and committed as
     # the ingest DAG does
     created_second = created_first + timedelta(days=1)
-    code = (
-        "from datetime import datetime; "
-        "from ml_tasks.core.settings import load_settings; "
-        "from ml_tasks.data.versions import add_version; "
-        "from ml_tasks.data.synthetic import synthesize; "
-        "s = load_settings(); synthesize(s.data_dir, count=20, seed=9); "
-        f"add_version(s, 'twenty more', "
-        f"when=datetime.fromisoformat('{created_second.isoformat()}'))"
-    )
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    add_synthetic_version(env, count=20, seed=9, when=created_second)
     git(repo, "add", "data/images.dvc", "data/versions.jsonl")
     git(repo, "commit", "-q", "-m", "dataset: twenty more")
     versions = [

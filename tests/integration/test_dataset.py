@@ -11,21 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.datasets import materialize
 from tests.repo_copy import make_repo_copy
 from tests.servers import s3_client, s3_server
 
 pytestmark = pytest.mark.slow
-
-
-def materialize(env: dict[str, str]) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "ml_tasks.dataset", "materialize"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
 
 
 def base_env(root: Path) -> dict[str, str]:
