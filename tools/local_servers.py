@@ -70,6 +70,19 @@ def stop_process_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) ->
             proc.wait()
 
 
+def stop_process(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 20
+) -> None:
+    """Stop one process: SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @contextmanager
 def running_server(
     command: Sequence[str],

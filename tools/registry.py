@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tools.local_servers import wait_for_http
+from tools.local_servers import stop_process, wait_for_http
 
 DEFAULT_PORT = 5050  # the stack's MLflow has 5000
 PORT_VARIABLE = "FLYWHEEL_STACK_REGISTRY_PORT"
@@ -66,11 +66,7 @@ def running_registry(root: Path, port: int) -> Iterator[str]:
             wait_until_up(port)
             yield f"127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:

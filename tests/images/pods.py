@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import images
+from tools.local_servers import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 ORCHESTRATOR_PY = REPO / ".venvs" / "orchestrator" / "bin" / "python"
@@ -145,13 +146,7 @@ def run_container(
         try:
             yield PodRun(process, volumes, name, bool(security.get("readOnlyRootFilesystem")))
         finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
             out.close()
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from tools.local_servers import stop_process
+
 API = "/apis/v2beta1"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,6 +159,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(200, s.runs[m[1]])
         self._reply(404, {"code": 5, "message": f"no route {url.path}"})
 
+    def _add_version(self, pipeline_id: str, name: str, body: bytes) -> str:
+        """Store an uploaded pipeline's IR as a new version of ``pipeline_id``; its id."""
+        vid = uuid.uuid4().hex
+        self.state.versions[vid] = {
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": vid,
+            "display_name": name,
+            "ir": _uploaded(body, self.headers["Content-Type"]),
+        }
+        return vid
+
     def do_POST(self) -> None:
         url, s = urlparse(self.path), self.state
         query = parse_qs(url.query)
@@ -165,24 +178,10 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == f"{API}/pipelines/upload":
             pid = uuid.uuid4().hex
             s.pipelines[pid] = {"pipeline_id": pid, "display_name": query["name"][0]}
-            vid = uuid.uuid4().hex
-            ir = _uploaded(body, self.headers["Content-Type"])
-            s.versions[vid] = {
-                "pipeline_id": pid,
-                "pipeline_version_id": vid,
-                "display_name": query["name"][0],
-                "ir": ir,
-            }
+            self._add_version(pid, query["name"][0], body)
             return self._reply(200, s.pipelines[pid])
         if url.path == f"{API}/pipelines/upload_version":
-            pid, vid = query["pipelineid"][0], uuid.uuid4().hex
-            ir = _uploaded(body, self.headers["Content-Type"])
-            s.versions[vid] = {
-                "pipeline_id": pid,
-                "pipeline_version_id": vid,
-                "display_name": query["name"][0],
-                "ir": ir,
-            }
+            vid = self._add_version(query["pipelineid"][0], query["name"][0], body)
             return self._reply(200, {k: v for k, v in s.versions[vid].items() if k != "ir"})
         if url.path == f"{API}/experiments":
             eid = uuid.uuid4().hex
@@ -242,12 +241,7 @@ def serve_in_process(
             time.sleep(0.1)
         yield first.strip()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def main() -> None:
