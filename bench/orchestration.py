@@ -98,7 +98,10 @@ def run_plain(env: dict[str, str], python: str) -> float:
 def run_airflow(
     env: dict[str, str], airflow_home: Path, passwords: dict[str, str], command: list[str]
 ) -> float:
-    from tools.demo import APPROVER, DAG_ID, AirflowApi, api_server
+    from flywheel_airflow.rest_api import AirflowApi
+
+    from tools.demo import APPROVER, DAG_ID
+    from tools.local_airflow import api_server
     from tools.local_servers import stop_process_group
 
     with api_server(env, airflow_home / "logs" / "api-server.log") as url:
@@ -181,15 +184,8 @@ def parse_rows(env: dict[str, str]) -> list[Row]:
 
 
 def run() -> list[Row]:
-    from tools.demo import (
-        APPROVER,
-        DAG_ID,
-        airflow_cli,
-        airflow_env,
-        dags_test_command,
-        ensure_passwords,
-        steps_python,
-    )
+    from tools.demo import APPROVER, DAG_ID, dags_test_command
+    from tools.local_airflow import airflow_cli, airflow_env, ensure_passwords, steps_python
 
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-orch-") as tmp:
         root = Path(tmp)

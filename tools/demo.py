@@ -18,84 +18,34 @@ A person approves the same way in the UI: start ``airflow api-server``, ``airflo
 and ``airflow dag-processor`` with the same ``AIRFLOW_HOME`` (or ``airflow standalone``), log in
 as an approver, open *Browse → Required Actions*.
 
-The helpers (:class:`AirflowApi`, :func:`api_server`, :func:`airflow_env`) are shared with the
-tests and the orchestration benchmark.
+The Airflow it runs is :mod:`tools.local_airflow`'s; the REST calls are
+:mod:`flywheel_airflow.rest_api`'s (both shared with the tests and the orchestration benchmark).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from flywheel_airflow.gates import API_CONN_ID
+from flywheel_airflow.rest_api import AirflowApi
 
-from tools.local_servers import free_port, running_server, stop_process_group
+from tools.local_airflow import (
+    CODE_ROOT,
+    airflow_cli,
+    airflow_env,
+    api_connection,
+    api_server,
+    ensure_passwords,
+)
+from tools.local_servers import stop_process_group
 
-CODE_ROOT = Path(__file__).resolve().parents[1]
 DAG_ID = "training"
 APPROVER = "demo-approver"
 APPROVER_NAME = "Demo Approver"
-SIMPLE_AUTH_MANAGER = (
-    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-)
-
-
-def steps_python() -> str:
-    """The steps environment's interpreter (as StepOperator resolves it; no Airflow import)."""
-    if env := os.environ.get("FLYWHEEL_STEPS_PYTHON"):
-        return env
-    candidate = CODE_ROOT / ".venvs" / "steps" / "bin" / "python"
-    return str(candidate) if candidate.exists() else sys.executable
-
-
-def airflow_env(
-    airflow_home: Path,
-    *,
-    users: Mapping[str, str],
-    approvers: str,
-    base: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The environment of every Airflow command here: one home, one SQLite DB, few processes.
-
-    ``users`` maps user names to simple-auth-manager roles; their passwords are generated into
-    ``<home>/simple_auth_manager_passwords.json.generated`` (kept across runs).
-    """
-    env = dict(base if base is not None else os.environ)
-    env.update(
-        {
-            "AIRFLOW_HOME": str(airflow_home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(CODE_ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(CODE_ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
-                f"{u}:{r}" for u, r in users.items()
-            ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-            "AIRFLOW__API_AUTH__JWT_SECRET": env.get("AIRFLOW__API_AUTH__JWT_SECRET")
-            or secrets.token_urlsafe(32),
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
-            "FLYWHEEL_APPROVERS": approvers,
-            "FLYWHEEL_BACKEND": "local",
-            "FLYWHEEL_STEPS_PYTHON": env.get("FLYWHEEL_STEPS_PYTHON") or steps_python(),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
 
 
 def dags_test_command(*args: str) -> list[str]:
@@ -111,168 +61,6 @@ def dags_test_command(*args: str) -> list[str]:
         str(CODE_ROOT / "dags" / f"{DAG_ID}.py"),
         *args,
     ]
-
-
-def ensure_passwords(airflow_home: Path, users: Mapping[str, str]) -> dict[str, str]:
-    """Passwords for the simple auth manager's users (generated once, kept in the home)."""
-    path = airflow_home / "simple_auth_manager_passwords.json.generated"
-    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    for user in users:
-        known.setdefault(user, secrets.token_urlsafe(12))
-    airflow_home.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(known) + "\n")
-    path.chmod(0o600)
-    return known
-
-
-def airflow_cli(
-    env: Mapping[str, str], *args: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "airflow"), *args],
-        env=dict(env),
-        capture_output=True,
-        text=True,
-    )
-    if check and done.returncode != 0:
-        raise RuntimeError(
-            f"airflow {' '.join(args)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
-        )
-    return done
-
-
-@contextmanager
-def api_server(env: Mapping[str, str], log_path: Path) -> Iterator[str]:
-    """``airflow api-server`` on a free port of 127.0.0.1; yields its base URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**env, "AIRFLOW__API__BASE_URL": url, "AIRFLOW__API__PORT": str(port)}
-    command = [str(Path(sys.executable).parent / "airflow"), "api-server"]
-    with running_server(
-        [*command, "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
-        health_url=f"{url}/api/v2/monitor/health",
-        log_path=log_path,
-        env=env,
-    ):
-        yield url
-
-
-def api_connection(url: str, login: str, password: str) -> dict[str, str]:
-    """The environment variable that gives tasks the Airflow Connection to this api-server."""
-    connection = {
-        "conn_type": "http",
-        "host": "127.0.0.1",
-        "port": int(url.rsplit(":", 1)[1]),
-        "schema": "http",
-        "login": login,
-        "password": password,
-    }
-    return {f"AIRFLOW_CONN_{API_CONN_ID.upper()}": json.dumps(connection)}
-
-
-class ApiError(RuntimeError):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-
-
-class AirflowApi:
-    """The few REST calls the UI makes that the demo and the tests need."""
-
-    def __init__(self, base_url: str, passwords: Mapping[str, str]) -> None:
-        self.base_url = base_url
-        self.passwords = dict(passwords)
-        self._tokens: dict[str, str] = {}
-
-    def token(self, user: str) -> str:
-        if user not in self._tokens:
-            from flywheel_airflow.gates import api_token
-
-            self._tokens[user] = api_token(self.base_url, user, self.passwords[user])
-        return self._tokens[user]
-
-    def call(self, method: str, path: str, user: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            f"{self.base_url}/api/v2{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={
-                "Authorization": f"Bearer {self.token(user)}",
-                "Content-Type": "application/json",
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raise ApiError(exc.code, exc.read().decode(errors="replace")[:500]) from exc
-
-    def pending_approvals(self, dag_id: str, user: str) -> list[dict[str, Any]]:
-        found = self.call(
-            "GET", f"/dags/{dag_id}/dagRuns/~/hitlDetails?response_received=false", user
-        )
-        return [d for d in found["hitl_details"] if not d.get("response_received")]
-
-    def wait_for_approval(
-        self,
-        dag_id: str,
-        user: str,
-        *,
-        timeout: float,
-        alive: Any = None,
-        settle: float = 5.0,
-    ) -> dict[str, Any]:
-        """The first approval request of ``dag_id`` whose task has waited ``settle`` seconds.
-
-        Polls every 0.5 s; ``alive()`` False stops early. Two races in Airflow 3 make an
-        instant answer harmful, so the answer waits until the task has sat parked a while:
-        the request exists a moment before its task parks in ``awaiting_input`` (an answer in
-        between is lost on SQLite and the run waits forever), and the scheduler learns that
-        the parking process ended a loop later (an answer before that re-queues the task,
-        the late "success" event then marks it up for retry, and the next try asks again).
-        """
-        deadline = time.monotonic() + timeout
-        parked_since: dict[tuple[str, int], float] = {}
-        while time.monotonic() < deadline:
-            if alive is not None and not alive():
-                raise RuntimeError("the DAG run ended before asking for approval")
-            now = time.monotonic()
-            for detail in self.pending_approvals(dag_id, user):
-                ti = detail.get("task_instance") or {}
-                if ti.get("state") != "awaiting_input":
-                    continue
-                key = (str(ti.get("id")), int(ti.get("try_number") or 0))
-                if now - parked_since.setdefault(key, now) >= settle:
-                    return detail
-            time.sleep(0.5)
-        raise TimeoutError(f"no approval request from {dag_id} within {timeout:.0f} s")
-
-    def answer(self, detail: dict[str, Any], user: str, option: str) -> dict[str, Any]:
-        """``PATCH .../hitlDetails`` as ``user``: the UI's Approve / Reject buttons."""
-        ti = detail["task_instance"]
-        run_id = urllib.parse.quote(ti["dag_run_id"], safe="")
-        path = (
-            f"/dags/{ti['dag_id']}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/"
-            f"{ti.get('map_index', -1)}/hitlDetails"
-        )
-        result: dict[str, Any] = self.call(
-            "PATCH", path, user, {"chosen_options": [option], "params_input": {}}
-        )
-        return result
-
-    def task_states(self, dag_id: str, run_id: str, user: str) -> dict[str, str]:
-        found = self.call(
-            "GET",
-            f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances",
-            user,
-        )
-        return {t["task_id"]: str(t["state"]) for t in found["task_instances"]}
-
-    def dag_run(self, dag_id: str, run_id: str, user: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.call(
-            "GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}", user
-        )
-        return found
 
 
 FINISH_COMMAND = ".venvs/steps/bin/python -m ml_tasks.deploy finish"

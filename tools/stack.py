@@ -48,6 +48,7 @@ from typing import Any
 
 from ml_tasks.core.settings import load_settings
 from tools import label_studio_server as lss
+from tools.local_airflow import api_connection, ensure_passwords
 from tools.local_servers import wait_for_http
 
 IMAGES = ("steps", "serve")
@@ -126,18 +127,6 @@ def check_ports_free(chosen: dict[str, int]) -> None:
 
 def airflow_home() -> Path:
     return load_settings().home / "airflow"
-
-
-def ensure_passwords(home: Path) -> dict[str, str]:
-    """Each login's password, generated once into the file Airflow's simple auth manager reads."""
-    path = home / "simple_auth_manager_passwords.json.generated"
-    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    for user in USERS:
-        known.setdefault(user, secrets.token_urlsafe(12))
-    home.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(known) + "\n")
-    path.chmod(0o600)
-    return known
 
 
 def kept_secret(path: Path) -> str:
@@ -351,18 +340,9 @@ def up(serve: bool = True) -> dict[str, Any]:
     write_state(state)
     env = {**base, **stack_env(state)}
     airflow = venv_bin("orchestrator", "airflow")
-    passwords = ensure_passwords(airflow_home())
+    passwords = ensure_passwords(airflow_home(), USERS)
     # Run notes (the gates' reasons) are written through the api-server, as admin.
-    env["AIRFLOW_CONN_FLYWHEEL_AIRFLOW_API"] = json.dumps(
-        {
-            "conn_type": "http",
-            "host": "127.0.0.1",
-            "port": chosen["airflow"],
-            "schema": "http",
-            "login": "admin",
-            "password": passwords["admin"],
-        }
-    )
+    env.update(api_connection(f"http://127.0.0.1:{chosen['airflow']}", "admin", passwords["admin"]))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     pid = launch(
         "airflow-api-server",

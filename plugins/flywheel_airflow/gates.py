@@ -17,12 +17,13 @@ import os
 from datetime import timedelta
 from typing import Any
 
+from flywheel_airflow.rest_api import API_CONN_ID, AirflowApi, ApiError
+
 log = logging.getLogger(__name__)
 
 AWAIT_APPROVAL = "await_approval"
 REGISTRATION_SKIPPED = "registration_skipped"
 BACKFILL_KEEPS_CHAMPION = "backfill_keeps_champion"
-API_CONN_ID = "flywheel_airflow_api"
 
 
 def approval_timeout() -> timedelta:
@@ -149,8 +150,6 @@ def set_run_note(dag_id: str, run_id: str, note: str) -> bool:
     makes the same call as the UI's note editor. Without the connection the note is skipped
     (the reason is still in the task log and the event log); returns whether it was set.
     """
-    import urllib.parse
-
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -159,36 +158,13 @@ def set_run_note(dag_id: str, run_id: str, note: str) -> bool:
     except AirflowNotFoundException as exc:
         log.info("run note not set (no %s connection: %s)", API_CONN_ID, type(exc).__name__)
         return False
-    import json
-    import urllib.request
-
+    user = conn.login or ""
     base = f"{conn.schema or 'http'}://{conn.host}:{conn.port}"
     try:
-        token = api_token(base, conn.login or "", conn.password or "")
-        path = f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id)}"
-        request = urllib.request.Request(
-            f"{base}{path}?update_mask=note",
-            method="PATCH",
-            data=json.dumps({"note": note[:1000]}).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        AirflowApi(base, {user: conn.password or ""}, timeout=10).set_note(
+            dag_id, run_id, note, user
         )
-        with urllib.request.urlopen(request, timeout=10):
-            return True
-    except OSError as exc:  # urllib's HTTPError and URLError are OSErrors
+    except (OSError, ApiError) as exc:  # urllib's URLError is an OSError
         log.warning("run note not set: %s", exc)
         return False
-
-
-def api_token(base_url: str, username: str, password: str) -> str:
-    """A JWT from the API server's ``/auth/token`` (simple auth manager or any that accepts it)."""
-    import json
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"{base_url}/auth/token",
-        method="POST",
-        data=json.dumps({"username": username, "password": password}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return str(json.loads(response.read())["access_token"])
+    return True

@@ -61,7 +61,7 @@ class Stack:
         return passwords
 
     def api(self) -> Any:
-        from tools.demo import AirflowApi
+        from flywheel_airflow.rest_api import AirflowApi
 
         return AirflowApi(self.airflow_url, self.passwords())
 
@@ -103,7 +103,7 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 
 
 def dag_parsed(api: Any, dag_id: str) -> bool:
-    from tools.demo import ApiError
+    from flywheel_airflow.rest_api import ApiError
 
     try:
         api.call("GET", f"/dags/{dag_id}", "admin")

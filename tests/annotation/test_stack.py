@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 def test_the_approver_answers_the_approval_and_the_non_approver_is_refused(
     stack: Stack,
 ) -> None:
-    from tools.demo import ApiError
+    from flywheel_airflow.rest_api import ApiError
 
     passwords = stack.passwords()
     for user in ("admin", "approver", "non-approver"):

@@ -26,10 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # tests.servers
 sys.path.insert(0, str(REPO / "plugins"))
 
+from flywheel_airflow.rest_api import AirflowApi  # noqa: E402
+
 from tests.servers import mlflow_server, steps_python  # noqa: E402
-from tools.demo import (  # noqa: E402
-    APPROVER,
-    AirflowApi,
+from tools.demo import APPROVER  # noqa: E402
+from tools.local_airflow import (  # noqa: E402
     airflow_cli,
     airflow_env,
     api_connection,
@@ -159,7 +160,7 @@ class Responder(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        from tools.demo import ApiError
+        from flywheel_airflow.rest_api import ApiError
 
         try:
             self.detail = self.api.wait_for_approval(

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tools.demo import AirflowApi, airflow_cli
+from flywheel_airflow.rest_api import AirflowApi
+
+from tools.local_airflow import airflow_cli
 from tools.local_servers import stop_process_group
 
 DAG_ID = "training"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flywheel_airflow.rest_api import AirflowApi
 
 from tests.dags.conftest import champion, make_data_repo, mlflow_get
 from tests.dags.scheduler import (
@@ -31,7 +32,7 @@ from tests.dags.scheduler import (
     task_states,
 )
 from tests.servers import mlflow_server
-from tools.demo import AirflowApi, airflow_cli
+from tools.local_airflow import airflow_cli
 
 pytestmark = pytest.mark.slow
 
