@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tools.local_servers import free_port, running_server
+from tools.local_servers import free_port, mlflow_command, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,23 +36,7 @@ def mlflow_server(workdir: Path, port: int | None = None) -> Iterator[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     with running_server(
-        [
-            steps_python(),
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(workdir / "artifacts"),
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
+        mlflow_command(steps_python(), workdir / "mlflow.db", workdir / "artifacts", port),
         health_url=f"{url}/health",
         log_path=workdir / "mlflow-server.log",
         cwd=workdir,

@@ -59,6 +59,28 @@ def wait_for_http(
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s: {last}")
 
 
+def mlflow_command(python: str, database: Path, artifacts: Path, port: int) -> list[str]:
+    """MLflow's tracking server on ``127.0.0.1:port``, one worker: runs in SQLite ``database``,
+    artifacts served from the ``artifacts`` folder (clients need no access to it)."""
+    return [
+        python,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{database}",
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
 def stop_process_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
     """Stop a server started with ``start_new_session=True`` and everything it spawned."""
     if proc.poll() is None:

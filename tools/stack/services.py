@@ -10,6 +10,7 @@ from typing import Any
 
 from tools import label_studio_server as lss
 from tools.local_airflow import api_connection, ensure_passwords
+from tools.local_servers import mlflow_command
 from tools.registry import registry_command
 from tools.stack.processes import alive, launch, read_state, wait_http, write_state
 from tools.stack.settings import (
@@ -71,28 +72,9 @@ def start_s3(env: dict[str, str], state: dict[str, Any], port: int) -> int:
 
 def start_mlflow(env: dict[str, str], state: dict[str, Any], port: int) -> None:
     """MLflow's tracking server: SQLite, with the artifacts it serves under the stack folder."""
-    launch(
-        "mlflow",
-        [
-            venv_bin("steps", "python"),
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{state_dir() / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(state_dir() / "mlartifacts"),
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env,
-        state,
-    )
+    database, artifacts = state_dir() / "mlflow.db", state_dir() / "mlartifacts"
+    command = mlflow_command(venv_bin("steps", "python"), database, artifacts, port)
+    launch("mlflow", command, env, state)
     state["mlflow"] = f"http://127.0.0.1:{port}"
 
 
