@@ -15,7 +15,6 @@ No target yet: the ratio is reported. Run: ``.venvs/steps/bin/python -m bench.ku
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.checkout import repository_copy
-from bench.table import Row, report
+from bench.table import Row, command
 from bench.table import row as table_row
 
 
@@ -101,10 +100,7 @@ def run() -> list[Row]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.kubeflow", description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = parser.parse_args()
-    return report(run(), args.json)
+    return command("python -m bench.kubeflow", __doc__, run)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.checkout import repository_copy
-from bench.table import Row, report
+from bench.table import Row, command
 from bench.table import row as table_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,14 +255,7 @@ def run() -> list[Row]:
 
 
 def main() -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.orchestration", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = parser.parse_args()
-    return report(run(), args.json)
+    return command("python -m bench.orchestration", __doc__.split("\n\n")[0], run)
 
 
 if __name__ == "__main__":

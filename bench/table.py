@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 from tabulate import tabulate
@@ -22,15 +24,15 @@ def row(
     benchmark: str, measure: str, value: float, baseline: float | None, target: str, ok: bool | None
 ) -> Row:
     ratio = value / baseline if baseline else None
-    return Row(
-        benchmark=benchmark,
-        measure=measure,
-        value=value,
-        baseline=baseline,
-        ratio=ratio,
-        target=target,
-        ok=ok,
-    )
+    return {
+        "benchmark": benchmark,
+        "measure": measure,
+        "value": value,
+        "baseline": baseline,
+        "ratio": ratio,
+        "target": target,
+        "ok": ok,
+    }
 
 
 def fmt(value: Any) -> str:
@@ -59,6 +61,14 @@ def exit_code(rows: list[Row], strict: bool) -> int:
     if not rows:
         return 1
     return 1 if strict and missed(rows) else 0
+
+
+def command(prog: str, description: str | None, measure: Callable[[], list[Row]]) -> int:
+    """A benchmark's command line: ``--json`` prints the rows for ``python -m bench``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    return report(measure(), args.json)
 
 
 def report(rows: list[Row], as_json: bool = False, strict: bool = False) -> int:

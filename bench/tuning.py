@@ -11,7 +11,6 @@ its best of two studies, the sides alternating.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.table import Row, report, row
+from bench.table import Row, command, row
 from tests.servers import mlflow_server
 from tools import postgres
 from tools.local_servers import free_port
@@ -137,10 +136,7 @@ def _measure(root: Path, env: dict[str, str]) -> list[Row]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tuning", description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = parser.parse_args()
-    return report(run(), args.json)
+    return command("python -m bench.tuning", __doc__, run)
 
 
 if __name__ == "__main__":
