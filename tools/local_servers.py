@@ -15,6 +15,9 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -22,6 +25,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, *, every: float = 1.0) -> T:
+    """Call ``check`` every ``every`` seconds until it returns something truthy, and return that;
+    TimeoutError naming ``what`` when ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(every)
+    raise TimeoutError(f"{what}: not within {timeout:.0f}s")
 
 
 def answered(response: http.client.HTTPResponse) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from repo_copy import make_repo_copy
 from servers import s3_client, steps_python
 
 from tools.local_servers import free_port
+from tools.local_servers import wait_until as wait_for
 from tools.stack import PORTS
 
 # Every service's port, moved to a free one (a user's own stack may hold the defaults).
@@ -91,15 +91,6 @@ class Stack:
 
     def s3(self) -> Any:
         return s3_client(self.state["s3"], "flywheel", "flywheel-local")
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(1)
-    raise TimeoutError(f"{what}: not within {timeout:.0f}s")
 
 
 def dag_parsed(api: Any, dag_id: str) -> bool:

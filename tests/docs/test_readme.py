@@ -9,14 +9,12 @@ import os
 import re
 import signal
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.readme_commands import REPO, commands
-from tools.local_servers import free_port
+from tools.local_servers import free_port, wait_for_http
 
 # Commands another test runs: pattern -> (the test file, a token that file must contain).
 ELSEWHERE: dict[str, tuple[str, str]] = {
@@ -159,11 +157,15 @@ def test_the_readme_s_uis_start_as_written(
 
 
 def answers(url: str, server: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return bool(response.status == 200)
-        except OSError:
-            time.sleep(0.5)
-    return False
+    """Whether ``url`` answers 200 before ``timeout`` seconds pass or the server exits."""
+    try:
+        wait_for_http(
+            url,
+            timeout,
+            lambda: server.poll() is None,
+            ready=lambda response: response.status == 200,
+            request_timeout=5,
+        )
+    except (RuntimeError, TimeoutError):
+        return False
+    return True
