@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel_airflow.gates import API_CONN_ID
+from flywheel_airflow.invocation import steps_python
 
 from tools.local_servers import free_port, running_server, stop_process_group
 
@@ -50,14 +51,6 @@ APPROVER_NAME = "Demo Approver"
 SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
-
-
-def steps_python() -> str:
-    """The steps environment's interpreter (as StepOperator resolves it; no Airflow import)."""
-    if env := os.environ.get("FLYWHEEL_STEPS_PYTHON"):
-        return env
-    candidate = CODE_ROOT / ".venvs" / "steps" / "bin" / "python"
-    return str(candidate) if candidate.exists() else sys.executable
 
 
 def airflow_env(
