@@ -66,7 +66,7 @@ lint: envs  ## ruff, mypy (the steps code in its environment, the Airflow code i
 	$(STEPS)/bin/ruff format --check .
 	$(STEPS)/bin/mypy ml_tasks tools
 	$(STEPS)/bin/hadolint images/*/Dockerfile
-	$(ORCH)/bin/mypy plugins tools/demo.py tools/airflow_cli.py $(wildcard dags/*.py)
+	$(ORCH)/bin/mypy plugins tools/demo.py tools/local_airflow.py tools/airflow_cli.py $(wildcard dags/*.py)
 	$(ORCH)/bin/lint-imports --no-cache --no-logo  # the import contracts in pyproject.toml
 
 test-steps: steps-env  ## the tests that run in the steps environment

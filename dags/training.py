@@ -43,6 +43,7 @@ from flywheel_airflow.gates import (
     rejection_reason,
 )
 from flywheel_airflow.operators.approval import ApprovalGate
+from flywheel_airflow.operators.deploy import DeployOperator
 from flywheel_airflow.operators.step import StepOperator
 from flywheel_airflow.timetables.nightly import NightlySchedule
 
@@ -185,19 +186,7 @@ def training() -> None:
         reject_task_id="record_rejection",
         response_timeout=approval_timeout(),
     )
-    deploy = StepOperator(
-        task_id="deploy",
-        step="deploy",
-        arguments=[
-            "promote",
-            "--model-version",
-            MODEL_VERSION,
-            "--approved-by",
-            APPROVED_BY,
-            "--caller-run-id",
-            "{{ run_id }}",
-        ],
-    )
+    deploy = DeployOperator(task_id="deploy", model_version=MODEL_VERSION, approved_by=APPROVED_BY)
     record_rejection = StepOperator(
         task_id="record_rejection",
         step="deploy",

@@ -6,24 +6,16 @@ interpreter (``FLYWHEEL_STEPS_PYTHON``), the S3 endpoint is moto's threaded serv
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from flywheel_airflow.invocation import steps_python
+
 from tools.local_servers import free_port, mlflow_command, running_server
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def steps_python() -> str:
-    env = os.environ.get("FLYWHEEL_STEPS_PYTHON")
-    if env:
-        return env
-    candidate = REPO / ".venvs" / "steps" / "bin" / "python"
-    return str(candidate) if candidate.exists() else sys.executable
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from flywheel_airflow.invocation import steps_python
 from flywheel_airflow.rest_api import API_CONN_ID
 
 from tools.local_servers import free_port, running_server
@@ -22,14 +23,6 @@ CODE_ROOT = Path(__file__).resolve().parents[1]
 SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
-
-
-def steps_python() -> str:
-    """The steps environment's interpreter (as StepOperator resolves it; no Airflow import)."""
-    if env := os.environ.get("FLYWHEEL_STEPS_PYTHON"):
-        return env
-    candidate = CODE_ROOT / ".venvs" / "steps" / "bin" / "python"
-    return str(candidate) if candidate.exists() else sys.executable
 
 
 def airflow_env(

@@ -11,13 +11,12 @@ a step of a run stored in the lake. Exit codes: 0 done, 1 the run failed, 3 noth
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,67 +74,74 @@ def wait(client: KfpClient, run_id: str, *, poll: float = 5.0, timeout: float | 
         time.sleep(poll)
 
 
-def add_submit_parsers(
-    sub: Any, add_training_options: Callable[[argparse.ArgumentParser], None]
-) -> None:
-    run = sub.add_parser("submit", help="submit the training pipeline to Kubeflow")
-    add_training_options(run)
-    run.add_argument("--experiment", help="default: FLYWHEEL_KFP_EXPERIMENT or flywheel")
-    run.add_argument("--run-name", default="flywheel-training")
-    run.add_argument("--wait", action="store_true", help="wait; exit 1 unless it succeeded")
-    run.add_argument("--poll", type=float, default=5.0, help="seconds between polls (--wait)")
-    step = sub.add_parser("submit-step", help="submit one step (the Airflow backend's call)")
-    step.add_argument("step")
-    step.epilog = "The step's own arguments follow a `--`."
-    step.add_argument("--run-name", required=True)
-    step.add_argument("--context-json", default="{}", help="the caller's ids (AIRFLOW_CTX_*)")
-    step.add_argument("--experiment")
-    result = sub.add_parser("result", help="print the stored result of a step of a run")
-    result.add_argument("run_id")
-    result.add_argument("--task", required=True, help="the step (prepare, train, ...)")
-
-
-def run_submit_command(args: argparse.Namespace, parameters: dict[str, Any]) -> int:
-    if args.command == "result":
-        from ml_tasks.pipelines.runtime import read_result
-
-        found = read_result(args.run_id, args.task)
-        if found is None:
-            print(f"error: run {args.run_id} stored no result for {args.task}", file=sys.stderr)
-            return EXIT_STEP_ERROR
-        print(json.dumps(found, default=str))
-        return 0
+def kfp_exit_code(call: Callable[[KfpClient], int]) -> int:
+    """Run ``call`` with a client of the configured KFP API; an API that did not answer is 75
+    (retry later), any other API error 1, each with one line on stderr."""
     try:
-        client = KfpClient(KfpSettings())
-        if args.command == "submit-step":
-            from ml_tasks.pipelines.pipeline import step_pipeline
-
-            params = {"arguments": list(args.arguments), "context_json": args.context_json}
-            ir = compiled(step_pipeline(args.step))
-            name = f"flywheel-step-{args.step.replace('_', '-')}"
-            out = submit(
-                client, name, ir, params, run_name=args.run_name, experiment=args.experiment
-            )
-            print(json.dumps(out))
-            return 0
-        from ml_tasks.pipelines.pipeline import TRAINING, training_pipeline
-
-        ir = compiled(training_pipeline())
-        out = submit(
-            client, TRAINING, ir, parameters, run_name=args.run_name, experiment=args.experiment
-        )
-        print(f"run {out['run_id']}: {out['url']}")
-        if not args.wait:
-            return 0
-        run = wait(client, out["run_id"], poll=args.poll)
-        if run.get("state") == "SUCCEEDED":
-            print(f"run {out['run_id']} succeeded")
-            return 0
-        print(f"error: run {out['run_id']} {run.get('state')}: {run_error(run)}", file=sys.stderr)
-        return 1
+        return call(KfpClient(KfpSettings()))
     except KfpUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INFRASTRUCTURE
     except KfpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def submit_training(
+    parameters: dict[str, Any], *, run_name: str, experiment: str | None, wait_poll: float | None
+) -> int:
+    """Submit the training pipeline and print the run's URL; with ``wait_poll`` (seconds between
+    polls), wait for it and return 1 unless it succeeded."""
+
+    def call(client: KfpClient) -> int:
+        from ml_tasks.pipelines.pipeline import TRAINING, training_pipeline
+
+        ir = compiled(training_pipeline())
+        out = submit(client, TRAINING, ir, parameters, run_name=run_name, experiment=experiment)
+        print(f"run {out['run_id']}: {out['url']}")
+        if wait_poll is None:
+            return 0
+        run = wait(client, out["run_id"], poll=wait_poll)
+        if run.get("state") == "SUCCEEDED":
+            print(f"run {out['run_id']} succeeded")
+            return 0
+        print(f"error: run {out['run_id']} {run.get('state')}: {run_error(run)}", file=sys.stderr)
+        return 1
+
+    return kfp_exit_code(call)
+
+
+def submit_step(
+    step: str,
+    arguments: Sequence[str],
+    *,
+    run_name: str,
+    context_json: str,
+    experiment: str | None,
+) -> int:
+    """Submit one step's one-step pipeline; print its ids and URL as one JSON line."""
+
+    def call(client: KfpClient) -> int:
+        from ml_tasks.pipelines.pipeline import step_pipeline
+
+        params = {"arguments": list(arguments), "context_json": context_json}
+        ir = compiled(step_pipeline(step))
+        name = f"flywheel-step-{step.replace('_', '-')}"
+        print(
+            json.dumps(submit(client, name, ir, params, run_name=run_name, experiment=experiment))
+        )
+        return 0
+
+    return kfp_exit_code(call)
+
+
+def print_result(run_id: str, task: str) -> int:
+    """Print the result step ``task`` of run ``run_id`` stored in the lake (3: none stored)."""
+    from ml_tasks.pipelines.runtime import read_result
+
+    found = read_result(run_id, task)
+    if found is None:
+        print(f"error: run {run_id} stored no result for {task}", file=sys.stderr)
+        return EXIT_STEP_ERROR
+    print(json.dumps(found, default=str))
+    return 0

@@ -176,27 +176,49 @@ def test_a_pod_whose_step_refused_its_input_fails_without_retry() -> None:
 # --- deploy on the cluster -----------------------------------------------------------------
 
 
-def deploy_op() -> Any:
-    from flywheel_airflow.operators.step import StepOperator
+def deploy_op(model_version: str = "7") -> Any:
+    """The DAG's deploy task as a worker has it: its templates rendered."""
+    from flywheel_airflow.operators.deploy import DeployOperator
 
-    return StepOperator(
-        task_id="deploy",
-        step="deploy",
-        arguments=["promote", "--model-version", "7", "--approved-by", "alice"],
+    op = DeployOperator(
+        task_id="deploy", model_version=model_version, approved_by="alice", caller_run_id="r"
     )
+    op.render_template_fields({})
+    return op
+
+
+def test_deploy_renders_its_typed_fields_as_the_promote_command() -> None:
+    assert deploy_op().arguments == [
+        "promote",
+        "--model-version",
+        "7",
+        "--approved-by",
+        "alice",
+        "--caller-run-id",
+        "r",
+    ]
+    assert deploy_op(" 12 ").model_version == 12
+
+
+@pytest.mark.parametrize("unregistered", ["", "None", "0", "v7"])
+def test_deploy_without_a_registered_version_fails_without_retry(unregistered: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="nothing to deploy"):
+        deploy_op(unregistered)
 
 
 def test_deploy_applies_the_service_then_defers_without_moving_champion() -> None:
     from airflow.sdk.exceptions import TaskDeferred
-    from flywheel_airflow.backends import kubernetes as backend
+    from flywheel_airflow.backends import cluster_deploy as backend
     from flywheel_airflow.triggers.inference_service import InferenceServiceReadyTrigger
     from kubernetes.client.exceptions import ApiException
 
     api = mock.Mock()
     api.get_namespaced_custom_object.side_effect = ApiException(status=404)
     with (
-        mock.patch.object(backend, "_custom_objects", return_value=api),
-        mock.patch.object(backend, "build_step_pod") as pods,
+        mock.patch.object(backend, "custom_objects", return_value=api),
+        mock.patch.object(backend, "run_step_pod") as pods,
         mock.patch.dict("os.environ", {"FLYWHEEL_BACKEND": "kubernetes"}),
         pytest.raises(TaskDeferred) as deferred,
     ):
@@ -220,7 +242,7 @@ def test_deploy_applies_the_service_then_defers_without_moving_champion() -> Non
 
 def test_a_failed_rollout_restores_the_previous_service_and_keeps_champion() -> None:
     from airflow.sdk.exceptions import AirflowException
-    from flywheel_airflow.backends import kubernetes as backend
+    from flywheel_airflow.backends import cluster_deploy as backend
 
     from ml_tasks.serving.inference_service import render_inference_service
 
@@ -234,8 +256,8 @@ def test_a_failed_rollout_restores_the_previous_service_and_keeps_champion() -> 
         "metadata": {**manifest["metadata"], "resourceVersion": "42"},
     }
     with (
-        mock.patch.object(backend, "_custom_objects", return_value=api),
-        mock.patch.object(backend, "build_step_pod") as pods,
+        mock.patch.object(backend, "custom_objects", return_value=api),
+        mock.patch.object(backend, "run_step_pod") as pods,
         pytest.raises(AirflowException, match=r"champion unchanged.*model version 6"),
     ):
         deploy_op().execute_deployed(
@@ -248,15 +270,14 @@ def test_a_failed_rollout_restores_the_previous_service_and_keeps_champion() -> 
 
 
 def test_a_ready_rollout_moves_champion_with_the_promote_step() -> None:
-    from flywheel_airflow.backends import kubernetes as backend
+    from flywheel_airflow.backends import cluster_deploy as backend
 
     from ml_tasks.serving.inference_service import render_inference_service
 
-    kpo = mock.Mock()
-    kpo.execute.return_value = {"model_version": "7", "alias": "champion"}
+    moved = {"model_version": "7", "alias": "champion"}
     with (
-        mock.patch.object(backend, "_custom_objects", return_value=mock.Mock()),
-        mock.patch.object(backend, "build_step_pod", return_value=kpo) as pods,
+        mock.patch.object(backend, "custom_objects", return_value=mock.Mock()),
+        mock.patch.object(backend, "run_step_pod", return_value=moved) as pods,
     ):
         result = deploy_op().execute_deployed(
             {},
@@ -266,8 +287,28 @@ def test_a_ready_rollout_moves_champion_with_the_promote_step() -> None:
     assert result["alias"] == "champion"
     assert pods.call_args.args[:2] == (
         "deploy",
-        ["promote", "--model-version", "7", "--approved-by", "alice"],
+        ["promote", "--model-version", "7", "--approved-by", "alice", "--caller-run-id", "r"],
     )
+
+
+def test_a_failed_champion_move_restores_the_previous_service() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+    from flywheel_airflow.backends import cluster_deploy as backend
+
+    from ml_tasks.serving.inference_service import render_inference_service
+
+    api = mock.Mock()
+    with (
+        mock.patch.object(backend, "custom_objects", return_value=api),
+        mock.patch.object(
+            backend, "run_step_pod", side_effect=AirflowFailException("refused its input")
+        ),
+        pytest.raises(AirflowFailException),
+    ):
+        deploy_op().execute_deployed(
+            {}, {"status": "ready"}, manifest=render_inference_service("digits", "7")
+        )
+    api.delete_namespaced_custom_object.assert_called_once()  # nothing served before
 
 
 def isvc(

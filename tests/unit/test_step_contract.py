@@ -52,7 +52,8 @@ def typer_options(module: str) -> dict[str, list[str]] | None:
 
     import typer
 
-    app = getattr(importlib.import_module(module), "app", None)
+    source = f"{module}.__main__" if COMMANDS[module].name == "__main__.py" else module
+    app = getattr(importlib.import_module(source), "app", None)
     if not isinstance(app, typer.Typer):
         return None
     command = typer.main.get_command(app)

@@ -21,14 +21,13 @@ import subprocess
 import time
 from typing import Any
 
+from flywheel_airflow.invocation import airflow_env, steps_python
 from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 DEFAULT_TIMEOUT = 6 * 3600.0
 
 
 def _steps(op: Any, *args: str) -> tuple[int, str, str]:
-    from flywheel_airflow.operators.step import steps_python
-
     done = subprocess.run(
         [steps_python(), "-m", "ml_tasks.pipelines", *args], capture_output=True, text=True
     )
@@ -39,7 +38,6 @@ def submit_step(op: Any, context: Any) -> None:
     """Start the step as a KFP run and defer until it ends."""
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-    from flywheel_airflow.operators.step import airflow_env
     from flywheel_airflow.triggers.kubeflow import KubeflowRunTrigger
 
     ids = airflow_env(context)

@@ -1,4 +1,4 @@
-"""The ``kubernetes`` backend: run a step as a pod in the steps image; deploy to KServe.
+"""The ``kubernetes`` backend: run a step as a pod in the steps image.
 
 :func:`build_step_pod` turns a step into a KubernetesPodOperator running exactly the command
 the ``local`` backend runs (``python -m ml_tasks.<step> ARGS``), hardened for a shared cluster:
@@ -16,10 +16,7 @@ the ``local`` backend runs (``python -m ml_tasks.<step> ARGS``), hardened for a 
 
 :func:`run_in_pod` runs it; a pod whose step exited 3 (bad input) fails the task without retry,
 and one that exited 75 (a service such as MLflow did not answer) fails this try only, as on the
-local backend. The ``deploy promote`` step is special: the InferenceService is applied
-first, the task defers to :class:`InferenceServiceReadyTrigger` (no worker slot held while
-KServe rolls out), and ``champion`` moves (the promote step, in a pod) only once it is Ready;
-otherwise the previous InferenceService is restored and the task fails.
+local backend. Deploying waits for KServe first (:mod:`flywheel_airflow.backends.cluster_deploy`).
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from flywheel_airflow.invocation import airflow_env, step_command
 from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 if TYPE_CHECKING:
@@ -110,8 +108,6 @@ def step_secrets(step: str, s: PodSettings) -> tuple[list[Any], list[Any]]:
 
 def pod_env(context: Any) -> dict[str, str]:
     """Plain settings for the step (no secrets): its ids, and a writable home under /tmp."""
-    from flywheel_airflow.operators.step import airflow_env
-
     return {
         **airflow_env(context),
         "FLYWHEEL_BACKEND": "kubernetes",
@@ -133,8 +129,6 @@ def build_step_pod(
     """The KubernetesPodOperator that runs ``python -m ml_tasks.<step> ARGS`` in a pod."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
-
-    from flywheel_airflow.operators.step import step_command
 
     s = settings or PodSettings()
     resources = STEP_RESOURCES.get(step, DEFAULT_RESOURCES)
@@ -228,166 +222,23 @@ def _step_exit_code(kpo: Any) -> int | None:
 
 def run_in_pod(op: Any, context: Any) -> Any:
     """Run ``op`` (a StepOperator) in a pod and return the step's JSON result."""
+    return run_step_pod(op.step, op.arguments, context, task_id=op.task_id)
+
+
+def run_step_pod(step: str, arguments: Sequence[str], context: Any, *, task_id: str) -> Any:
+    """Run the step in a pod; its exit code decides between failing at once and a retry."""
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-    if op.step == "deploy" and list(op.arguments[:1]) == ["promote"]:
-        return start_cluster_deploy(op, context)
-    kpo = build_step_pod(op.step, op.arguments, context, task_id=op.task_id)
+    kpo = build_step_pod(step, arguments, context, task_id=task_id)
     try:
         return kpo.execute(context)
     except AirflowException as exc:
         code = _step_exit_code(kpo)
         if code == EXIT_STEP_ERROR:
-            raise AirflowFailException(f"step {op.step} refused its input: {exc}") from exc
+            raise AirflowFailException(f"step {step} refused its input: {exc}") from exc
         if code == EXIT_INFRASTRUCTURE:
             raise AirflowException(
-                f"step {op.step} could not reach a service it needs (its log says which); a "
+                f"step {step} could not reach a service it needs (its log says which); a "
                 f"retry may succeed: {exc}"
             ) from exc
-        raise
-
-
-# --- deploy on the cluster --------------------------------------------------------------------
-
-
-def _option(arguments: Sequence[str], name: str) -> str | None:
-    args = list(arguments)
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            return str(args[i + 1])
-        if arg.startswith(f"{name}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _custom_objects(conn_id: str) -> Any:
-    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-    from kubernetes import client
-
-    return client.CustomObjectsApi(KubernetesHook(conn_id=conn_id).api_client)
-
-
-def restorable(obj: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What to re-apply to restore an InferenceService (no status, no server-set metadata)."""
-    if obj is None:
-        return None
-    meta = obj.get("metadata") or {}
-    return {
-        "apiVersion": obj.get("apiVersion"),
-        "kind": obj.get("kind"),
-        "metadata": {
-            k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta
-        },
-        "spec": obj.get("spec"),
-    }
-
-
-def apply_inference_service(api: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """Create or replace the InferenceService; returns the previous one (restorable) or None."""
-    from kubernetes.client.exceptions import ApiException
-
-    from flywheel_airflow.triggers.inference_service import GROUP, PLURAL, VERSION
-
-    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-    try:
-        current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        current = None
-    if current is None:
-        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
-    else:
-        body = {
-            **manifest,
-            "metadata": {
-                **manifest["metadata"],
-                "resourceVersion": current["metadata"]["resourceVersion"],
-            },
-        }
-        api.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
-    return restorable(current)
-
-
-def restore_inference_service(
-    api: Any, manifest: dict[str, Any], previous: dict[str, Any] | None
-) -> str:
-    """Put back what served before: the previous object, or nothing if there was none."""
-    from flywheel_airflow.triggers.inference_service import GROUP, PLURAL, VERSION
-
-    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-    if previous is None:
-        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        return f"deleted {namespace}/{name} (nothing served before)"
-    apply_inference_service(api, previous)
-    version = (previous["metadata"].get("annotations") or {}).get("flywheel.io/model-version")
-    return f"restored {namespace}/{name} to model version {version}"
-
-
-def start_cluster_deploy(op: Any, context: Any) -> Any:
-    """Apply the InferenceService for the approved version, then defer until it is Ready."""
-    from flywheel_airflow.triggers.inference_service import InferenceServiceReadyTrigger
-    from ml_tasks.serving.inference_service import (
-        ServingOptions,
-        render_inference_service,
-        validate_inference_service,
-    )
-
-    model_version = _option(op.arguments, "--model-version")
-    if not model_version:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException("deploy promote needs --model-version")
-    canary = _option(op.arguments, "--canary-percent")
-    manifest = render_inference_service(
-        os.environ.get("FLYWHEEL_MODEL_NAME", "digits"),
-        model_version,
-        ServingOptions.from_env(canary_traffic_percent=int(canary) if canary else None),
-    )
-    validate_inference_service(manifest)
-    settings = PodSettings()
-    previous = apply_inference_service(_custom_objects(settings.kubernetes_conn_id), manifest)
-    op.log.info(
-        "Applied InferenceService %s/%s for v%s; waiting for Ready",
-        manifest["metadata"]["namespace"],
-        manifest["metadata"]["name"],
-        model_version,
-    )
-    op.defer(
-        trigger=InferenceServiceReadyTrigger(
-            name=manifest["metadata"]["name"],
-            namespace=manifest["metadata"]["namespace"],
-            model_version=model_version,
-            kubernetes_conn_id=settings.kubernetes_conn_id,
-            timeout_seconds=float(os.environ.get("FLYWHEEL_DEPLOY_TIMEOUT_SECONDS", "900")),
-        ),
-        method_name="execute_deployed",
-        kwargs={"manifest": manifest, "previous": previous},
-    )
-
-
-def finish_cluster_deploy(
-    op: Any,
-    context: Any,
-    event: dict[str, Any],
-    manifest: dict[str, Any],
-    previous: dict[str, Any] | None,
-) -> Any:
-    """Ready: move champion (the promote step, in a pod). Otherwise restore and fail."""
-    from airflow.sdk.exceptions import AirflowException
-
-    api = _custom_objects(PodSettings().kubernetes_conn_id)
-    if event.get("status") != "ready":
-        restored = restore_inference_service(api, manifest, previous)
-        raise AirflowException(
-            f"InferenceService not ready ({event.get('status')}: "
-            f"{event.get('message')}); champion unchanged; {restored}"
-        )
-    kpo = build_step_pod(op.step, op.arguments, context, task_id=op.task_id)
-    try:
-        return kpo.execute(context)
-    except AirflowException:
-        op.log.error(
-            "Moving champion failed; %s", restore_inference_service(api, manifest, previous)
-        )
         raise

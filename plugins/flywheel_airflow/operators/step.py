@@ -8,8 +8,9 @@ never change between a laptop and a cluster:
   exactly the command a pod runs; the step writes its JSON result to a temporary file.
 - ``kubernetes``: the same command in the steps image, through KubernetesPodOperator; the
   result comes back through the XCom sidecar (``/airflow/xcom/return.json``)
-  (:mod:`flywheel_airflow.backends.kubernetes`). ``deploy promote`` applies the
-  InferenceService and defers until it is Ready before moving ``champion``.
+  (:mod:`flywheel_airflow.backends.kubernetes`). Deploying is its own operator
+  (:class:`~flywheel_airflow.operators.deploy.DeployOperator`), which waits for the
+  InferenceService on the cluster.
 - ``kubeflow``: the same command as one run of a one-step Kubeflow pipeline, submitted with
   the steps environment's client; the task defers to a trigger polling KFP's REST API and
   returns the step's result (:mod:`flywheel_airflow.backends.kubeflow`).
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +40,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from flywheel_airflow.invocation import airflow_env, step_command, steps_python
 from flywheel_airflow.operators.process import (
     KILL_GRACE_SECONDS,
     start_step_process,
@@ -48,32 +49,8 @@ from flywheel_airflow.operators.process import (
 from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 
-def steps_python() -> str:
-    """The interpreter of the steps environment (``make steps-env`` creates it)."""
-    if env := os.environ.get("FLYWHEEL_STEPS_PYTHON"):
-        return env
-    repo = Path(__file__).resolve().parents[3]
-    candidate = repo / ".venvs" / "steps" / "bin" / "python"
-    return str(candidate) if candidate.exists() else sys.executable
-
-
-def step_command(step: str, arguments: Sequence[str]) -> list[str]:
-    """The command line of a step, the same on every backend (minus the interpreter path)."""
-    return ["-m", f"ml_tasks.{step}", *[str(a) for a in arguments]]
-
-
-def airflow_env(context: Any) -> dict[str, str]:
-    """The ids a step stamps on its events, as Airflow names them for subprocesses."""
-    ti = context["ti"]
-    return {
-        "AIRFLOW_CTX_DAG_ID": str(ti.dag_id),
-        "AIRFLOW_CTX_DAG_RUN_ID": str(context["run_id"]),
-        "AIRFLOW_CTX_TASK_ID": str(ti.task_id),
-        "AIRFLOW_CTX_TRY_NUMBER": str(getattr(ti, "try_number", "")),
-    }
-
-
 def selected_backend() -> str:
+    """``local``, ``kubernetes`` or ``kubeflow``: read when the task runs, never in a DAG file."""
     if env := os.environ.get("FLYWHEEL_BACKEND"):
         return env
     from airflow.sdk import Variable
@@ -117,18 +94,6 @@ class StepOperator(BaseOperator):
         from flywheel_airflow.backends.kubeflow import finish_step
 
         return finish_step(self, context, event)
-
-    def execute_deployed(
-        self,
-        context: Any,
-        event: dict[str, Any],
-        manifest: dict[str, Any],
-        previous: dict[str, Any] | None = None,
-    ) -> Any:
-        """Resume a ``deploy promote`` on kubernetes once the InferenceService trigger fired."""
-        from flywheel_airflow.backends.kubernetes import finish_cluster_deploy
-
-        return finish_cluster_deploy(self, context, event, manifest, previous)
 
     def step_environment(self) -> dict[str, str]:
         """Variables the step needs on top of the worker's (credentials, in subclasses).
