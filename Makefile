@@ -77,7 +77,7 @@ test-orchestrator: envs label-studio-env browser  ## the tests that run in the o
 	$(ORCH_PY) -m pytest tests/dags tests/plugins
 	$(ORCH_PY) -m pytest tests/annotation
 
-# Built with buildah where no Docker daemon answers (tools/images.py); the Debian packages come
+# Built with buildah where no Docker daemon answers (tools/images/); the Debian packages come
 # from image-tools. Both images run from copies pulled out of a local registry.
 test-images: envs image-tools  ## build, push, pull and run the steps and serve images as their pods run them
 	$(STEPS_PY) -m pytest tests/images
