@@ -96,10 +96,11 @@ def resolve_dataset(
     result_path: ResultPath = None,
 ) -> None:
     """Resolve which dataset version a training run uses."""
+    given = dataset_version or None  # an empty value from a template means "not given"
     settings = load_settings()
     report(
         "resolve_dataset",
-        lambda: resolve(settings, as_of=as_of, dataset_version=dataset_version or None),
+        lambda: resolve(settings, as_of=as_of, dataset_version=given),
         result_path=result_path,
     )
 
