@@ -14,15 +14,16 @@ or the previous champion, so a rollback shows up on both versions' histories.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from tabulate import tabulate
 
+from ml_tasks.core.command import command_app, entry_point
 from ml_tasks.core.events import read_events
 from ml_tasks.core.settings import load_settings
 
@@ -88,33 +89,45 @@ def format_table(rows: Iterable[dict[str, Any]]) -> str:
     return str(tabulate(cells, headers, disable_numparse=True, stralign="left"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.audit", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--model-version", help="a registered model version (e.g. 3)")
-    parser.add_argument("--dataset-version", help="a dataset version (a prefix is enough)")
-    parser.add_argument("--run-id", help="an Airflow DAG run id (or an MLflow run id)")
-    parser.add_argument("--json", action="store_true", help="print the events as a JSON list")
-    parser.add_argument("--log", type=Path, help="the event log (default: the configured one)")
-    args = parser.parse_args(argv)
-    if not (args.model_version or args.dataset_version or args.run_id):
-        parser.error("give at least one of --model-version, --dataset-version, --run-id")
-    path = args.log or load_settings().log_path
+app = command_app()
+
+
+@app.command()
+def audit(
+    model_version: Annotated[
+        str | None, typer.Option(help="a registered model version (e.g. 3)")
+    ] = None,
+    dataset_version: Annotated[
+        str | None, typer.Option(help="a dataset version (a prefix is enough)")
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="an Airflow DAG run id (or an MLflow run id)")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the events as a JSON list")
+    ] = False,
+    log: Annotated[
+        Path | None, typer.Option(help="the event log (default: the configured one)")
+    ] = None,
+) -> None:
+    """What happened to a model version, a dataset version or a DAG run, newest first."""
+    if not (model_version or dataset_version or run_id):
+        raise typer.BadParameter(
+            "give at least one of --model-version, --dataset-version, --run-id"
+        )
+    path = log or load_settings().log_path
     rows = history(
-        path,
-        model_version=args.model_version,
-        dataset_version=args.dataset_version,
-        run_id=args.run_id,
+        path, model_version=model_version, dataset_version=dataset_version, run_id=run_id
     )
-    if args.json:
+    if as_json:
         print(json.dumps(rows, indent=2, default=str))
     elif rows:
         print(format_table(rows))
     else:
         print(f"no events match in {path}", file=sys.stderr)
-    return 0
 
+
+main = entry_point(app, "ml_tasks.audit")
 
 if __name__ == "__main__":
     raise SystemExit(main())

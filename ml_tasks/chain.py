@@ -7,13 +7,17 @@ loop and the baseline the orchestration-overhead benchmark compares Airflow agai
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+
+from ml_tasks.core.command import command_app, entry_point
 
 
 class ChainError(RuntimeError):
@@ -31,9 +35,33 @@ def run(step: str, *args: str, workdir: Path) -> dict[str, Any]:
     return loaded
 
 
+@dataclass(frozen=True)
+class ChainResult:
+    """The JSON results of the steps whose outcome the chain reports."""
+
+    prepare: dict[str, Any]
+    train: dict[str, Any]
+    validate: dict[str, Any]
+
+    def summary(self) -> str:
+        """What a person wants to read after a run: the data, the accuracy, the decision."""
+        prepared, decision = self.prepare, self.validate
+        lines = [
+            f"dataset {prepared['dataset_version'][:12]}: {prepared['prepared']} prepared, "
+            f"{prepared['quarantined']} quarantined",
+            f"run {self.train['mlflow_run_id']}: test accuracy {decision['new']['accuracy']:.4f}",
+            f"decision: {decision['decision']} — {decision['reason']}",
+        ]
+        if decision["registered"]:
+            lines.append(
+                f"registered {decision['model_name']} v{decision['model_version']} as challenger"
+            )
+        return "\n".join(lines)
+
+
 def run_chain(
     *, force_register: bool = False, extra_train_args: list[str] | None = None
-) -> dict[str, Any]:
+) -> ChainResult:
     with tempfile.TemporaryDirectory(prefix="flywheel-chain-") as tmp:
         workdir = Path(tmp)
         done = subprocess.run(
@@ -54,35 +82,28 @@ def run_chain(
         if force_register:
             validate_args.append("--force-register")
         decided = run("validate", *validate_args, workdir=workdir)
-        return {"prepare": prepared, "train": trained, "validate": decided}
+        return ChainResult(prepare=prepared, train=trained, validate=decided)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.chain", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--force-register", action="store_true", help="register if the floors pass")
-    args = parser.parse_args(argv)
+app = command_app()
+
+
+@app.command()
+def chain(
+    force_register: Annotated[
+        bool, typer.Option("--force-register", help="register if the floors pass")
+    ] = False,
+) -> None:
+    """Run the step chain without an orchestrator: materialize, prepare, checks, train, validate."""
     try:
-        out = run_chain(force_register=args.force_register)
+        out = run_chain(force_register=force_register)
     except ChainError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    decision = out["validate"]
-    print(
-        f"\ndataset {out['prepare']['dataset_version'][:12]}: "
-        f"{out['prepare']['prepared']} prepared, "
-        f"{out['prepare']['quarantined']} quarantined\n"
-        f"run {out['train']['mlflow_run_id']}: test accuracy {decision['new']['accuracy']:.4f}\n"
-        f"decision: {decision['decision']} — {decision['reason']}"
-        + (
-            f"\nregistered {decision['model_name']} v{decision['model_version']} as challenger"
-            if decision["registered"]
-            else ""
-        )
-    )
-    return 0
+        raise typer.Exit(1) from exc
+    print("\n" + out.summary())
 
+
+main = entry_point(app, "ml_tasks.chain")
 
 if __name__ == "__main__":
     raise SystemExit(main())

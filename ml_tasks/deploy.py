@@ -20,391 +20,133 @@ Runs after the approval gate, as ``python -m ml_tasks.deploy <command>``:
   with the approving run's id (``deploy_resumed`` event); ``make demo`` runs it first.
 
 Every alias move and decision is an event (``python -m ml_tasks.audit --model-version N``).
-Repeating a command is safe: a retry finds the alias already moved and changes nothing.
+Repeating a command is safe: a retry finds the alias already moved and changes nothing. The
+library is :mod:`ml_tasks.serving.deployment` (deploy, roll back, finish) over
+:mod:`ml_tasks.model.registry` and :mod:`ml_tasks.model.approval`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Annotated
 
-from ml_tasks.core import events
+import typer
+
+from ml_tasks.core.command import ResultPath, command_app, entry_point, report
 from ml_tasks.core.exit_codes import EXIT_STEP_ERROR
-from ml_tasks.core.settings import Settings, load_settings
-from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.core.settings import load_settings
+from ml_tasks.core.step import StepError, StepResult
+from ml_tasks.model import approval
 from ml_tasks.model.tracking import call_tracked
-
-CHAMPION, CHALLENGER = "champion", "challenger"
-TAG_PREVIOUS = "flywheel.previous_champion"
-TAG_APPROVAL = "flywheel.approval"
+from ml_tasks.serving import deployment
 
 
-def manifest_key(model_version: str) -> str:
-    return f"deployments/{model_version}/inferenceservice.yaml"
+def _given(value: str) -> str:
+    """A model version from the orchestrator: empty (or "None") means nothing was registered."""
+    if value in ("", "None"):
+        raise typer.BadParameter("empty: nothing was registered")
+    return value
 
 
-def render(
-    settings: Settings, model_version: str, canary_percent: int | None = None
-) -> dict[str, Any]:
-    """The validated InferenceService for a version (raises StepError when it would be refused)."""
-    from ml_tasks.serving.inference_service import (
-        InvalidManifest,
-        ServingOptions,
-        render_inference_service,
-        validate_inference_service,
+ModelVersion = Annotated[
+    str, typer.Option(callback=_given, help="the registered model version", show_default=False)
+]
+CanaryPercent = Annotated[
+    int | None, typer.Option(help="send this share of traffic to the new version first")
+]
+CallerRunId = Annotated[str | None, typer.Option(help="the orchestrator's run id")]
+
+app = command_app(
+    help="Deploy: make an approved model version the champion, or record its rejection."
+)
+
+
+def run_deploy(
+    action: Callable[..., StepResult], model_version: str | None, result_path: Path | None
+) -> None:
+    """Run ``action(settings, model_version)`` (``action(settings)`` without a version) as the
+    deploy step; an MLflow that does not answer exits 75."""
+    settings = load_settings()
+    version = () if model_version is None else (model_version,)
+    report(
+        "deploy",
+        lambda: call_tracked(settings, lambda: action(settings, *version)),
+        result_path=result_path,
+        context={"model_version": model_version},
     )
 
-    manifest = render_inference_service(
-        settings.model_name,
-        model_version,
-        ServingOptions.from_env(canary_traffic_percent=canary_percent),
-    )
-    try:
-        validate_inference_service(manifest)
-    except (InvalidManifest, FileNotFoundError) as exc:
-        raise StepError(str(exc)) from exc
-    return manifest
 
-
-def _client(settings: Settings) -> Any:
-    from mlflow import MlflowClient
-
-    from ml_tasks.model.tracking import use_mlflow
-
-    use_mlflow(settings)
-    return MlflowClient()
-
-
-def alias_version(client: Any, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    from ml_tasks.model.tracking import is_unreachable
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException as exc:
-        if is_unreachable(exc):  # no answer is not "no such alias"
-            raise
-        return None
-
-
-def _model_version(client: Any, name: str, version: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    from ml_tasks.model.tracking import is_unreachable
-
-    try:
-        return client.get_model_version(name, version)
-    except MlflowException as exc:
-        if is_unreachable(exc):
-            raise
-        raise StepError(f"model {name} has no version {version}") from exc
-
-
+@app.command()
 def promote(
-    settings: Settings,
-    model_version: str,
-    *,
-    approved_by: str,
-    caller_run_id: str | None = None,
-    canary_percent: int | None = None,
-) -> dict[str, Any]:
-    """Render, validate and store the manifest, then move ``champion`` (in that order)."""
-    from ml_tasks.core.lake import open_lake
+    model_version: ModelVersion,
+    approved_by: Annotated[str, typer.Option(help="who approved", show_default=False)],
+    canary_percent: CanaryPercent = None,
+    caller_run_id: CallerRunId = None,
+    result_path: ResultPath = None,
+) -> None:
+    """Move champion to an approved version."""
+    chosen = partial(deployment.promote, approved_by=approved_by, canary_percent=canary_percent)
+    run_deploy(partial(chosen, caller_run_id=caller_run_id), model_version, result_path)
+
+
+@app.command()
+def reject(
+    model_version: ModelVersion,
+    rejected_by: Annotated[
+        str, typer.Option(help="who rejected (or 'timeout')", show_default=False)
+    ],
+    reason: Annotated[str, typer.Option(help="why")] = "rejected at the approval gate",
+    caller_run_id: CallerRunId = None,
+    result_path: ResultPath = None,
+) -> None:
+    """Record that a version was not approved."""
+    run_deploy(
+        partial(
+            approval.reject, rejected_by=rejected_by, reason=reason, caller_run_id=caller_run_id
+        ),
+        model_version,
+        result_path,
+    )
+
+
+@app.command()
+def rollback(
+    model_version: ModelVersion,
+    who: Annotated[str, typer.Option(help="who rolls back", show_default=False)],
+    result_path: ResultPath = None,
+) -> None:
+    """Restore the champion a version replaced."""
+    run_deploy(partial(deployment.rollback, who=who), model_version, result_path)
+
+
+@app.command()
+def render(model_version: ModelVersion, canary_percent: CanaryPercent = None) -> None:
+    """Print the validated InferenceService."""
     from ml_tasks.serving.inference_service import to_yaml
 
-    client = _client(settings)
-    name = settings.model_name
-    mv = _model_version(client, name, model_version)
-    manifest = render(settings, model_version, canary_percent)
-    lake = open_lake(settings.lake_uri)
-    lake.write_bytes(manifest_key(model_version), to_yaml(manifest).encode())
-    manifest_uri = lake.url(manifest_key(model_version))
-    dataset_version = mv.tags.get("flywheel.dataset_version")
-
-    previous = alias_version(client, name, CHAMPION)
-    if previous == model_version:
-        # A retry after the move: keep the first record of the previous champion.
-        recorded = mv.tags.get(TAG_PREVIOUS)
-        previous = None if recorded in (None, "", "none") else recorded
-        moved = False
-    else:
-        client.set_model_version_tag(name, model_version, TAG_PREVIOUS, previous or "none")
-        client.set_model_version_tag(name, model_version, TAG_APPROVAL, "approved")
-        client.set_model_version_tag(name, model_version, "flywheel.approved_by", approved_by)
-        client.set_model_version_tag(
-            name,
-            model_version,
-            "flywheel.deployed_at",
-            datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        if caller_run_id:
-            client.set_model_version_tag(
-                name, model_version, "flywheel.deployed_by_run", caller_run_id
-            )
-        client.set_registered_model_alias(name, CHAMPION, model_version)
-        moved = True
-        events.emit(
-            "alias_moved",
-            alias=CHAMPION,
-            model_version=model_version,
-            previous_champion=previous,
-            who=approved_by,
-            caller_run_id=caller_run_id,
-            dataset_version=dataset_version,
-            reason="approved",
-        )
-    drop_challenger(client, name, model_version, who=approved_by, reason="promoted to champion")
-    events.emit(
-        "deployed",
-        model_version=model_version,
-        manifest_uri=manifest_uri,
-        service=manifest["metadata"]["name"],
-        previous_champion=previous,
-        dataset_version=dataset_version,
-        who=approved_by,
-        backend=settings.backend,
-        caller_run_id=caller_run_id,
-    )
-    return {
-        "model_name": name,
-        "model_version": model_version,
-        "alias": CHAMPION,
-        "previous_champion": previous,
-        "moved": moved,
-        "manifest_uri": manifest_uri,
-        "service": manifest["metadata"]["name"],
-        "approved_by": approved_by,
-    }
+    try:
+        manifest = deployment.render_manifest(load_settings(), model_version, canary_percent)
+    except StepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_STEP_ERROR) from exc
+    print(to_yaml(manifest), end="")
 
 
-def drop_challenger(client: Any, name: str, model_version: str, *, who: str, reason: str) -> None:
-    """Version N is no longer pending: remove ``challenger`` if it still points at N (audited)."""
-    if alias_version(client, name, CHALLENGER) == model_version:
-        client.delete_registered_model_alias(name, CHALLENGER)
-        events.emit(
-            "alias_removed", alias=CHALLENGER, model_version=model_version, who=who, reason=reason
-        )
+@app.command()
+def finish(
+    who: Annotated[
+        str, typer.Option(help="who finishes it (the approver stays on record)")
+    ] = "deploy finish",
+    result_path: ResultPath = None,
+) -> None:
+    """Deploy an approved version whose deploy did not finish (still the challenger)."""
+    run_deploy(partial(deployment.finish, who=who), None, result_path)
 
 
-def reject(
-    settings: Settings,
-    model_version: str,
-    *,
-    rejected_by: str,
-    reason: str,
-    caller_run_id: str | None = None,
-) -> dict[str, Any]:
-    """Record that version N was not approved; it stops being the pending challenger."""
-    client = _client(settings)
-    name = settings.model_name
-    mv = _model_version(client, name, model_version)
-    client.set_model_version_tag(name, model_version, TAG_APPROVAL, "rejected")
-    client.set_model_version_tag(name, model_version, "flywheel.rejected_by", rejected_by)
-    client.set_model_version_tag(name, model_version, "flywheel.rejection_reason", reason)
-    drop_challenger(client, name, model_version, who=rejected_by, reason="rejected")
-    events.emit(
-        "rejection_recorded",
-        model_version=model_version,
-        who=rejected_by,
-        reason=reason,
-        caller_run_id=caller_run_id,
-        dataset_version=mv.tags.get("flywheel.dataset_version"),
-    )
-    return {
-        "model_name": name,
-        "model_version": model_version,
-        "approval": "rejected",
-        "rejected_by": rejected_by,
-        "reason": reason,
-        "champion": alias_version(client, name, CHAMPION),
-    }
-
-
-def rollback(settings: Settings, model_version: str, *, who: str) -> dict[str, Any]:
-    """Move ``champion`` from N back to the version N replaced."""
-    client = _client(settings)
-    name = settings.model_name
-    mv = _model_version(client, name, model_version)
-    previous = mv.tags.get(TAG_PREVIOUS)
-    if not previous or previous == "none":
-        raise StepError(f"version {model_version} records no previous champion to roll back to")
-    current = alias_version(client, name, CHAMPION)
-    if current != model_version and current != previous:
-        raise StepError(f"champion is v{current}, not v{model_version}: refusing to roll back")
-    if current != previous:
-        client.set_registered_model_alias(name, CHAMPION, previous)
-        events.emit(
-            "alias_moved",
-            alias=CHAMPION,
-            model_version=previous,
-            previous_champion=model_version,
-            who=who,
-            reason="rollback",
-        )
-    return {
-        "model_name": name,
-        "alias": CHAMPION,
-        "model_version": previous,
-        "rolled_back_from": model_version,
-    }
-
-
-def undone_deploys(settings: Settings, client: Any) -> list[dict[str, Any]]:
-    """Approved versions whose deploy never finished (at most one: the pending challenger).
-
-    ``promote`` removes ``challenger`` from the version it deploys and ``reject`` from the one
-    it rejects, so a challenger whose last approval answer was Approve was left undone. The
-    answer is in the event log (the gate writes it before deploy runs); the registration
-    event of the same DAG run must name the challenger's MLflow run, so an approval recorded
-    against another registry's version N is never taken for this one's.
-    """
-    from ml_tasks.core.events import read_events
-
-    name = settings.model_name
-    challenger = alias_version(client, name, CHALLENGER)
-    if challenger is None or challenger == alias_version(client, name, CHAMPION):
-        return []
-    logged = read_events(settings.log_path)
-    answers = [
-        e
-        for e in logged
-        if e.get("action") == "gate_decided"
-        and e.get("gate") == "approval"
-        and str(e.get("model_version")) == challenger
-    ]
-    if not answers or answers[-1].get("decision") != "approve":
-        return []
-    approval = answers[-1]
-    run_id = client.get_model_version(name, challenger).run_id
-    registered_in_run = any(
-        e.get("action") == "registration_decided"
-        and e.get("run_id") == approval.get("run_id")
-        and e.get("mlflow_run_id") == run_id
-        for e in logged
-    )
-    if not registered_in_run:
-        return []
-    return [
-        {
-            "model_version": challenger,
-            "approved_by": str(approval.get("who")),
-            "approved_in_run": approval.get("run_id"),
-            "approved_at": approval.get("ts"),
-        }
-    ]
-
-
-def finish(settings: Settings, *, who: str) -> dict[str, Any]:
-    """Promote each approved version whose deploy did not finish (see :func:`undone_deploys`)."""
-    client = _client(settings)
-    undone = undone_deploys(settings, client)
-    if undone and settings.backend == "kubernetes":
-        item = undone[0]
-        raise StepError(
-            f"{settings.model_name} v{item['model_version']} was approved by "
-            f"{item['approved_by']} in DAG run {item['approved_in_run']} but never deployed. On "
-            "kubernetes the deploy applies the InferenceService and waits for Ready before "
-            "moving champion, which this command cannot do: clear the `deploy` task of that "
-            "DAG run in Airflow (Grid view → deploy → Clear) to run it again."
-        )
-    finished = []
-    for item in undone:
-        events.emit(
-            "deploy_resumed",
-            model_version=item["model_version"],
-            approved_by=item["approved_by"],
-            caller_run_id=item["approved_in_run"],
-            who=who,
-            reason=f"approved in {item['approved_in_run']} at {item['approved_at']}; "
-            "its deploy did not finish",
-        )
-        finished.append(
-            promote(
-                settings,
-                item["model_version"],
-                approved_by=item["approved_by"],
-                caller_run_id=item["approved_in_run"],
-            )
-        )
-    return {"model_name": settings.model_name, "finished": finished}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.deploy", description=__doc__.split("\n\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    commands = {
-        "promote": sub.add_parser("promote", help="move champion to an approved version"),
-        "reject": sub.add_parser("reject", help="record that a version was not approved"),
-        "rollback": sub.add_parser("rollback", help="restore the champion a version replaced"),
-        "render": sub.add_parser("render", help="print the validated InferenceService"),
-    }
-    finish_parser = sub.add_parser(
-        "finish",
-        help="deploy an approved version whose deploy did not finish (still the challenger)",
-    )
-    finish_parser.add_argument(
-        "--who", default="deploy finish", help="who finishes it (the approver stays on record)"
-    )
-    add_result_option(finish_parser)
-    for command in commands.values():
-        command.add_argument("--model-version", required=True)
-    commands["promote"].add_argument("--approved-by", required=True, help="who approved")
-    commands["promote"].add_argument(
-        "--canary-percent", type=int, help="send this share of traffic to the new version first"
-    )
-    commands["reject"].add_argument(
-        "--rejected-by", required=True, help="who rejected (or 'timeout')"
-    )
-    commands["reject"].add_argument("--reason", default="rejected at the approval gate")
-    commands["rollback"].add_argument("--who", required=True)
-    commands["render"].add_argument("--canary-percent", type=int)
-    for name in ("promote", "reject"):
-        commands[name].add_argument("--caller-run-id", help="the orchestrator's run id")
-    for name in ("promote", "reject", "rollback"):
-        add_result_option(commands[name])
-    args = parser.parse_args(argv)
-    if getattr(args, "model_version", None) in ("", "None"):
-        parser.error("--model-version is empty: nothing was registered")
-    settings = load_settings()
-    if args.command == "render":
-        from ml_tasks.serving.inference_service import to_yaml
-
-        try:
-            print(to_yaml(render(settings, args.model_version, args.canary_percent)), end="")
-        except StepError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_STEP_ERROR
-        return 0
-    bodies = {
-        "promote": lambda: promote(
-            settings,
-            args.model_version,
-            approved_by=args.approved_by,
-            caller_run_id=args.caller_run_id,
-            canary_percent=args.canary_percent,
-        ),
-        "reject": lambda: reject(
-            settings,
-            args.model_version,
-            rejected_by=args.rejected_by,
-            reason=args.reason,
-            caller_run_id=args.caller_run_id,
-        ),
-        "rollback": lambda: rollback(settings, args.model_version, who=args.who),
-        "finish": lambda: finish(settings, who=args.who),
-    }
-    return run_step(
-        "deploy",
-        lambda: call_tracked(settings, bodies[args.command]),
-        result_path=args.result_path,
-        context={"model_version": getattr(args, "model_version", None)},
-    )
-
+main = entry_point(app, "ml_tasks.deploy")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,13 +10,16 @@ The answer is the step's JSON result, so every later task reads the same version
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated
+
+import typer
 
 from ml_tasks.core import events
+from ml_tasks.core.command import ResultPath, command_app, entry_point, report
 from ml_tasks.core.settings import Settings, load_settings
-from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.core.step import StepError
 
 
 def resolve_dataset_version(given: str | None) -> str:
@@ -31,9 +34,20 @@ def resolve_dataset_version(given: str | None) -> str:
     return version
 
 
+@dataclass(frozen=True)
+class ResolvedDataset:
+    """The version every later task of the run reads, and why it is that one."""
+
+    dataset_version: str
+    source: str  # "given", "as-of" or "current"
+    as_of: str | None
+    created_at: str | None
+    images: int | None
+
+
 def resolve(
     settings: Settings, *, as_of: datetime | None = None, dataset_version: str | None = None
-) -> dict[str, Any]:
+) -> ResolvedDataset:
     from ml_tasks.data.dvc import tracked_version
     from ml_tasks.data.versions import read_index, version_as_of
 
@@ -54,34 +68,44 @@ def resolve(
         source=source,
         as_of=as_of.isoformat() if as_of else None,
     )
-    return {
-        "dataset_version": version,
-        "source": source,
-        "as_of": as_of.isoformat() if as_of else None,
-        "created_at": entry.created_at.isoformat() if entry else None,
-        "images": entry.images if entry else None,
-    }
+    return ResolvedDataset(
+        dataset_version=version,
+        source=source,
+        as_of=as_of.isoformat() if as_of else None,
+        created_at=entry.created_at.isoformat() if entry else None,
+        images=entry.images if entry else None,
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.resolve_dataset", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--as-of",
-        type=datetime.fromisoformat,
-        help="use the version current at this time (ISO 8601; backfills)",
-    )
-    parser.add_argument("--dataset-version", help="use this version (overrides --as-of)")
-    add_result_option(parser)
-    args = parser.parse_args(argv)
+app = command_app()
+
+
+@app.command()
+def resolve_dataset(
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(
+            parser=datetime.fromisoformat,
+            metavar="WHEN",
+            help="use the version current at this time (ISO 8601; backfills)",
+        ),
+    ] = None,
+    dataset_version: Annotated[
+        str | None, typer.Option(help="use this version (overrides --as-of)")
+    ] = None,
+    result_path: ResultPath = None,
+) -> None:
+    """Resolve which dataset version a training run uses."""
+    given = dataset_version or None  # an empty value from a template means "not given"
     settings = load_settings()
-    return run_step(
+    report(
         "resolve_dataset",
-        lambda: resolve(settings, as_of=args.as_of, dataset_version=args.dataset_version or None),
-        result_path=args.result_path,
+        lambda: resolve(settings, as_of=as_of, dataset_version=given),
+        result_path=result_path,
     )
 
+
+main = entry_point(app, "ml_tasks.resolve_dataset")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,7 +50,26 @@ def _save_plots(study: Any, client: Any, parent: str) -> list[str]:
     return saved
 
 
-def finish(settings: Settings, study_name: str, *, storage: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StudyReport:
+    """The best trial (what the lake's best-params file holds), the counts by state, the plots."""
+
+    study: str
+    dataset_version: str
+    trial: int
+    metric: str
+    value: float | None
+    params: dict[str, Any]
+    mlflow_parent_run_id: str
+    mlflow_run_id: str | None
+    storage: str
+    finished_at: str
+    counts: dict[str, int]
+    plots: list[str]
+    best_params_uri: str
+
+
+def finish(settings: Settings, study_name: str, *, storage: str | None = None) -> StudyReport:
     """Fail the trials of dead workers, then record the best trial and plots; returns a summary."""
     import json
 
@@ -89,7 +109,7 @@ def finish(settings: Settings, study_name: str, *, storage: str | None = None) -
     client.set_tag(parent, "flywheel.tuning.best_trial", str(best.number))
     client.set_tag(parent, "flywheel.tuning.best_run_id", str(best.user_attrs.get("mlflow_run_id")))
     plots = _save_plots(study, client, parent)
-    summary = {
+    summary: dict[str, Any] = {
         "study": study_name,
         "dataset_version": dataset_version,
         "trial": best.number,
@@ -107,9 +127,9 @@ def finish(settings: Settings, study_name: str, *, storage: str | None = None) -
     lake.write_bytes(best_params_key(dataset_version), body)
     client.set_terminated(parent, "FINISHED")
     events.emit("study_finished", study=study_name, best_trial=best.number, counts=counts)
-    return {
+    return StudyReport(
         **summary,
-        "counts": counts,
-        "plots": plots,
-        "best_params_uri": lake.url(best_params_key(dataset_version, study_name)),
-    }
+        counts=counts,
+        plots=plots,
+        best_params_uri=lake.url(best_params_key(dataset_version, study_name)),
+    )

@@ -12,7 +12,8 @@ import pytest
 from ml_tasks.core import events
 from ml_tasks.core.settings import load_settings
 from ml_tasks.core.step import StepError
-from ml_tasks.deploy import promote, reject, rollback
+from ml_tasks.model.approval import reject
+from ml_tasks.serving.deployment import promote, rollback
 
 
 @pytest.fixture()
@@ -43,10 +44,10 @@ def logged(action: str) -> list[dict[str, Any]]:
 def test_promote_then_promote_records_previous_and_rollback_restores(registry: Any) -> None:
     settings = load_settings()
     first = promote(settings, "1", approved_by="alice")
-    assert first["previous_champion"] is None and first["moved"]
+    assert first.previous_champion is None and first.moved
     registry.set_registered_model_alias("digits", "challenger", "2")
     second = promote(settings, "2", approved_by="bob", caller_run_id="manual__x")
-    assert second["previous_champion"] == "1"
+    assert second.previous_champion == "1"
     mv = registry.get_model_version("digits", "2")
     assert mv.tags["flywheel.previous_champion"] == "1"
     assert mv.tags["flywheel.approved_by"] == "bob"
@@ -56,12 +57,12 @@ def test_promote_then_promote_records_previous_and_rollback_restores(registry: A
     assert "models:/digits/2" in manifest.read_text()
     # A retry changes nothing and keeps the first record of the previous champion.
     again = promote(settings, "2", approved_by="bob")
-    assert again["moved"] is False and again["previous_champion"] == "1"
+    assert again.moved is False and again.previous_champion == "1"
     moves = [(e["model_version"], e.get("previous_champion")) for e in logged("alias_moved")]
     assert moves == [("1", None), ("2", "1")]
 
     back = rollback(settings, "2", who="carol")
-    assert back["model_version"] == "1"
+    assert back.model_version == "1"
     assert str(registry.get_model_version_by_alias("digits", "champion").version) == "1"
     assert logged("alias_moved")[-1]["reason"] == "rollback"
 
@@ -70,7 +71,7 @@ def test_reject_records_who_and_drops_the_challenger(registry: Any) -> None:
     settings = load_settings()
     registry.set_registered_model_alias("digits", "challenger", "3")
     result = reject(settings, "3", rejected_by="timeout", reason="no answer in time")
-    assert result["approval"] == "rejected" and result["champion"] is None
+    assert result.approval == "rejected" and result.champion is None
     tags = registry.get_model_version("digits", "3").tags
     assert (tags["flywheel.approval"], tags["flywheel.rejected_by"]) == ("rejected", "timeout")
     assert "challenger" not in registry.get_model_version("digits", "3").aliases
