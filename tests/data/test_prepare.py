@@ -11,21 +11,22 @@ from ml_tasks.core.lake import open_lake
 from ml_tasks.core.settings import load_settings
 from ml_tasks.core.step import StepError
 from ml_tasks.data.prepare_cache import CACHE_FORMAT, DecodeCache
+from ml_tasks.data.prepared_writer import PrepareResult
 from ml_tasks.data.synthetic import synthesize
 from ml_tasks.prepare import prepare
 
 
-def prepare_dir(folder: Path) -> dict:
+def prepare_dir(folder: Path) -> PrepareResult:
     return prepare(load_settings(), data_dir=folder, dataset_version="test")
 
 
 def test_digits_prepare_with_every_image_accounted(flywheel_home: Path, digits_dir: Path) -> None:
     result = prepare_dir(digits_dir)
-    assert result["images_in"] == 1797
-    assert result["prepared"] == 1797 and result["quarantined"] == 0
-    assert result["decoded"] == 1797 and result["from_cache"] == 0
-    assert sum(result["by_split"].values()) == 1797
-    assert 0.6 < result["by_split"]["train"] / 1797 < 0.8
+    assert result.images_in == 1797
+    assert result.prepared == 1797 and result.quarantined == 0
+    assert result.decoded == 1797 and result.from_cache == 0
+    assert sum(result.by_split.values()) == 1797
+    assert 0.6 < result.by_split["train"] / 1797 < 0.8
     lake = open_lake(load_settings().lake_uri)
     with np.load(io.BytesIO(lake.read_bytes("prepared/test/data.npz"))) as data:
         assert data["x"].shape == (1797, 8, 8) and data["x"].dtype == np.float32
@@ -46,9 +47,9 @@ def test_adding_images_decodes_only_the_new_ones(
         target = folder / path.parent.name / path.name
         shutil.copy(path, target)
     second = prepare_dir(folder)
-    assert second["images_in"] == first["images_in"] + 20
-    assert second["decoded"] == 20
-    assert second["from_cache"] == first["prepared"]
+    assert second.images_in == first.images_in + 20
+    assert second.decoded == 20
+    assert second.from_cache == first.prepared
 
 
 def test_a_file_rewritten_in_place_is_read_again(
@@ -61,8 +62,8 @@ def test_a_file_rewritten_in_place_is_read_again(
     source = sorted((folder / "9").iterdir())[0]
     target.write_bytes(source.read_bytes())  # same name, other content: only a stat can tell
     second = prepare(load_settings(), data_dir=folder, dataset_version="rewritten")
-    assert second["decoded"] == 0 and second["from_cache"] == 1795  # content seen before...
-    assert {q["path"]: q["reason"] for q in second["quarantine"]} == {
+    assert second.decoded == 0 and second.from_cache == 1795  # content seen before...
+    assert {q.path: q.reason for q in second.quarantine} == {
         # ...now under 4 as well: under two labels, neither copy reaches training
         f"4/{target.name}": "label_conflict",
         f"9/{source.name}": "label_conflict",
@@ -78,8 +79,8 @@ def test_a_damaged_file_index_means_hashing_again_not_a_failure(
     (index,) = (flywheel_home / "cache" / "prepare" / "file-index").glob("*.npz")
     index.write_bytes(b"PK\x03\x04 half a zip file")
     again = prepare_dir(folder)
-    assert again["prepared"] == first["prepared"] and again["from_cache"] == first["prepared"]
-    assert again["decoded"] == 0  # every file read and hashed again, none decoded again
+    assert again.prepared == first.prepared and again.from_cache == first.prepared
+    assert again.decoded == 0  # every file read and hashed again, none decoded again
 
 
 def test_a_new_image_size_decodes_files_the_index_already_knows(
@@ -94,7 +95,7 @@ def test_a_new_image_size_decodes_files_the_index_already_knows(
     )
     monkeypatch.setenv("FLYWHEEL_PARAMS", str(params_path))
     resized = prepare(load_settings(), data_dir=folder, dataset_version="sixteen")
-    assert resized["decoded"] == 1797 and resized["prepared"] == 1797
+    assert resized.decoded == 1797 and resized.prepared == 1797
     lake = open_lake(load_settings().lake_uri)
     with np.load(io.BytesIO(lake.read_bytes("prepared/sixteen/data.npz"))) as data:
         assert data["x"].shape == (1797, 16, 16)
@@ -113,7 +114,7 @@ def test_decode_cache_shards_are_merged_and_still_serve_every_image(
     shards = list((flywheel_home / "cache" / "prepare" / f"s8-{CACHE_FORMAT}").glob("*.npz"))
     assert len(shards) <= 2
     again = prepare_dir(folder)
-    assert again["decoded"] == 0 and again["from_cache"] == 1797 + 15
+    assert again.decoded == 0 and again.from_cache == 1797 + 15
 
 
 def test_an_image_keeps_its_split_when_the_dataset_grows(
@@ -191,23 +192,22 @@ def test_bad_images_go_to_quarantine_with_their_reason(
     )
     monkeypatch.setenv("FLYWHEEL_PARAMS", str(params_path))
     result = prepare_dir(folder)
-    got = {q["path"]: q["reason"] for q in result["quarantine"]}
+    got = {q.path: q.reason for q in result.quarantine}
     assert got == expected
     added = len(expected) - 1  # one of the conflicting copies is a digit of the 1797
-    assert result["prepared"] + result["quarantined"] == result["images_in"] == 1797 + added
+    assert result.prepared + result.quarantined == result.images_in == 1797 + added
     lake = open_lake(load_settings().lake_uri)
-    for item in result["quarantine"]:
-        base = item["record"].rsplit("/", 1)[0]
-        assert json.loads(lake.read_bytes(item["record"]))["reason"] == item["reason"]
+    for item in result.quarantine:
+        base = item.record.rsplit("/", 1)[0]
+        assert json.loads(lake.read_bytes(item.record))["reason"] == item.reason
         assert (
-            lake.read_bytes(f"{base}/{Path(item['path']).name}")
-            == (folder / item["path"]).read_bytes()
+            lake.read_bytes(f"{base}/{Path(item.path).name}") == (folder / item.path).read_bytes()
         )
     # a re-run (everything known from the caches) reaches the same verdicts
     again = prepare_dir(folder)
-    assert again["decoded"] == 0
-    assert again["quarantine"] == [{**q} for q in result["quarantine"]]
-    assert again["by_class"] == result["by_class"]
+    assert again.decoded == 0
+    assert again.quarantine == result.quarantine
+    assert again.by_class == result.by_class
 
 
 def test_a_copy_in_the_same_class_folder_is_a_duplicate_on_every_run(
@@ -218,10 +218,8 @@ def test_a_copy_in_the_same_class_folder_is_a_duplicate_on_every_run(
     shutil.copy(next((folder / "2").glob("*.png")), folder / "2" / "twin.png")
     for _ in range(2):  # decoding everything, then everything from the caches
         result = prepare_dir(folder)
-        assert [(q["path"], q["reason"]) for q in result["quarantine"]] == [
-            ("2/twin.png", "duplicate")
-        ]
-        assert result["prepared"] == 30 and result["images_in"] == 31
+        assert [(q.path, q.reason) for q in result.quarantine] == [("2/twin.png", "duplicate")]
+        assert result.prepared == 30 and result.images_in == 31
 
 
 def test_metadata_statistics_match_the_prepared_arrays(flywheel_home: Path, tmp_path: Path) -> None:
@@ -255,7 +253,7 @@ def test_a_version_is_prepared_from_its_record_whatever_the_work_tree_holds(
 
     from ml_tasks.core.settings import load_params
     from ml_tasks.data.dvc import VersionFiles, VersionNotLocal
-    from ml_tasks.prepare import prepare_images
+    from ml_tasks.data.prepare_images import prepare_images
 
     folder, objects = tmp_path / "images", tmp_path / "dvc-objects"
     synthesize(folder, count=30, size=8, seed=5)
