@@ -40,6 +40,18 @@ from ml_tasks.data.scan import list_images
 from ml_tasks.data.splits import splits_of
 from ml_tasks.data.versions import checkout_version, fetch_version
 
+# The totals of a run its ``prepared`` event carries, in this order.
+PREPARED_EVENT_TOTALS = (
+    "offered",
+    "images_in",
+    "prepared",
+    "quarantined",
+    "skipped",
+    "label_conflicts",
+    "decoded",
+    "from_cache",
+)
+
 
 def folder_version(data_dir: Path) -> str:
     """The version name of a plain folder: a hash of the paths prepare would read in it."""
@@ -124,18 +136,8 @@ def report_prepared(result: PrepareResult, prepared: Prepared) -> None:
             count=count,
             paths=[s.path for s in prepared.skipped if s.reason == reason][:20],
         )
-    events.emit(
-        "prepared",
-        dataset_version=version,
-        offered=result.offered,
-        images_in=result.images_in,
-        prepared=result.prepared,
-        quarantined=result.quarantined,
-        skipped=result.skipped,
-        label_conflicts=result.label_conflicts,
-        decoded=result.decoded,
-        from_cache=result.from_cache,
-    )
+    totals = {name: getattr(result, name) for name in PREPARED_EVENT_TOTALS}
+    events.emit("prepared", dataset_version=version, **totals)
 
 
 app = command_app()

@@ -20,7 +20,6 @@ from ml_tasks.core import events
 from ml_tasks.core.lake import LocalLake, open_lake
 from ml_tasks.core.settings import load_settings
 from ml_tasks.data.dvc import VersionFiles, VersionNotLocal
-from ml_tasks.data.images import BadImage, decode_image
 from ml_tasks.data.prepared_writer import PrepareResult
 from ml_tasks.data.synthetic import synthesize
 from ml_tasks.prepare import prepare
@@ -28,7 +27,6 @@ from tests.conftest import REPO
 from tests.data.bad_input import (
     SYSTEM_FILE,
     Verdict,
-    bad_images,
     build_corpus,
     encoded,
     format_samples,
@@ -311,56 +309,3 @@ def test_a_write_in_progress_is_never_taken_for_a_stale_one(tmp_path: Path) -> N
     second.join(30)
     assert lake.read_bytes("prepared/v/data.npz") == b"second"
     assert sorted(p.name for p in (tmp_path / "lake" / "prepared" / "v").iterdir()) == ["data.npz"]
-
-
-# 7. reasons that say what happened, and EXIF orientation
-
-
-@pytest.mark.parametrize("name", sorted(bad_images()))
-def test_each_bad_image_is_refused_with_the_reason_that_fits(name: str) -> None:
-    data, reason = bad_images()[name]
-    with pytest.raises(BadImage) as err:
-        decode_image(data, size=8)
-    assert (err.value.reason, name) == (reason, name)
-    assert str(err.value)
-
-
-@pytest.mark.parametrize("fmt", sorted(format_samples()))
-def test_every_format_pillow_writes_here_is_decoded_or_refused_with_its_reason(fmt: str) -> None:
-    data, reason = format_samples()[fmt]
-    if reason is None:
-        pixels = decode_image(data, size=8)
-        assert pixels.shape == (8, 8) and pixels.dtype == np.uint8
-    else:
-        with pytest.raises(BadImage) as err:
-            decode_image(data, size=8)
-        assert err.value.reason == reason
-
-
-VIEWED = {  # EXIF orientation -> what a viewer shows of the stored pixels
-    1: lambda p: p,
-    2: np.fliplr,
-    3: lambda p: np.rot90(p, 2),
-    4: np.flipud,
-    5: np.transpose,
-    6: lambda p: np.rot90(p, -1),
-    7: lambda p: np.rot90(p, 2).T,
-    8: lambda p: np.rot90(p, 1),
-}
-
-
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])  # Pillow itself turns a TIFF
-@pytest.mark.parametrize("orientation", sorted(VIEWED))
-def test_exif_orientation_is_applied_as_a_viewer_shows_the_image(
-    fmt: str, orientation: int
-) -> None:
-    stored = pattern(8, seed=12)
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    options: dict[str, object] = {"PNG": {}, "WEBP": {"lossless": True}, "JPEG": {"quality": 100}}[
-        fmt
-    ]
-    data = encoded(Image.fromarray(stored), fmt, exif=exif, **options)
-    decoded = decode_image(data, size=8).astype(int)
-    error = np.abs(decoded - VIEWED[orientation](stored)).max()
-    assert error <= (8 if fmt == "JPEG" else 0)  # JPEG is lossy, a little
