@@ -1,8 +1,10 @@
 """Quarantine: the files prepare keeps out of training, each copied to the lake with its reason.
 
-One record per path and version, ``quarantine/prepare/<version>/<path key>/``: the file and its
-``reason.json``. Nothing offered is lost; a file that has gone since the scan cannot be copied,
-and is accounted for as skipped instead.
+A file that cannot be used (empty, truncated, corrupt, not an image, animated, 16-bit, CMYK,
+too many pixels, outside a known class folder, a copy of another image, the same image under
+two labels) is kept, not dropped: one record per path and version,
+``quarantine/prepare/<version>/<path key>/``, holds the file and its ``reason.json``. A file
+gone since the scan cannot be copied: it is accounted for as skipped instead.
 """
 
 from __future__ import annotations
