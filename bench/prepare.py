@@ -26,9 +26,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from bench.table import Row, report, row
+
+if TYPE_CHECKING:
+    from ml_tasks.data.prepared_writer import PrepareResult
+
+T = TypeVar("T")
 
 ENVIRONMENT = "steps"
 REPO = Path(__file__).resolve().parents[1]
@@ -66,15 +71,13 @@ def run(count: int = 10_000, sizes: tuple[int, ...] = (8, 32)) -> list[Row]:
     return rows
 
 
-def best_of(
-    repeats: int, setup: Callable[[], None], call: Callable[[], dict[str, Any]]
-) -> tuple[float, dict[str, Any]]:
+def best_of(repeats: int, setup: Callable[[], None], call: Callable[[], T]) -> tuple[float, T]:
     """The shortest of ``repeats`` timings of ``call``, each after ``setup`` (untimed).
 
     Noise on these machines only ever adds time (another process, the page cache writing back
     what an earlier step wrote), so both sides of a ratio are taken as their best of a few.
     """
-    best, result = float("inf"), {}
+    best = float("inf")
     for _ in range(repeats):
         setup()
         os.sync()  # what earlier steps wrote goes to disk now, not during the timing
@@ -156,7 +159,7 @@ def measure(count: int, size: int, repeats: int = 5) -> list[Row]:
         synthesize(folder, count=count, size=size, seed=1)
         os.environ["FLYWHEEL_HOME"] = str(home)
 
-        def prepare_folder() -> dict[str, Any]:
+        def prepare_folder() -> PrepareResult:
             return prepare(load_settings(), data_dir=folder)
 
         folder_full, _ = best_of(repeats, cold(home), prepare_folder)
@@ -164,7 +167,7 @@ def measure(count: int, size: int, repeats: int = 5) -> list[Row]:
         add_new_images(folder, root / "extra-folder", new, size)
         folder_incremental, third = best_of(repeats, restore, prepare_folder)
         floor = min(list_and_stat(folder) for _ in range(repeats))
-    assert first["prepared"] == count and second["decoded"] == new and third["decoded"] == new
+    assert first.prepared == count and second.decoded == new and third.decoded == new
     prepare_rate, raw_rate = count / full, count / raw
     shape = f"{size}x{size}"
     return [

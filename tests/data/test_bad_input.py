@@ -20,14 +20,13 @@ from ml_tasks.core import events
 from ml_tasks.core.lake import LocalLake, open_lake
 from ml_tasks.core.settings import load_settings
 from ml_tasks.data.dvc import VersionFiles, VersionNotLocal
-from ml_tasks.data.images import BadImage, decode_image
+from ml_tasks.data.prepared_writer import PrepareResult
 from ml_tasks.data.synthetic import synthesize
 from ml_tasks.prepare import prepare
 from tests.conftest import REPO
 from tests.data.bad_input import (
     SYSTEM_FILE,
     Verdict,
-    bad_images,
     build_corpus,
     encoded,
     format_samples,
@@ -35,20 +34,20 @@ from tests.data.bad_input import (
 )
 
 
-def prepare_folder(folder: Path, version: str = "test") -> dict:
+def prepare_folder(folder: Path, version: str = "test") -> PrepareResult:
     return prepare(load_settings(), data_dir=folder, dataset_version=version)
 
 
-def verdicts(result: dict) -> dict[str, Verdict]:
+def verdicts(result: PrepareResult) -> dict[str, Verdict]:
     """Every entry's outcome, from the result and the prepared metadata in the lake."""
     lake = open_lake(load_settings().lake_uri)
-    metadata = lake.read_bytes(f"prepared/{result['dataset_version']}/metadata.csv").decode()
+    metadata = lake.read_bytes(f"prepared/{result.dataset_version}/metadata.csv").decode()
     got = {
         row["path"]: Verdict("prepared", row["label"])
         for row in csv.DictReader(io.StringIO(metadata))
     }
-    got |= {q["path"]: Verdict("quarantined", q["reason"]) for q in result["quarantine"]}
-    got |= {s["path"]: Verdict("skipped", s["reason"]) for s in result["skips"]}
+    got |= {q.path: Verdict("quarantined", q.reason) for q in result.quarantine}
+    got |= {s.path: Verdict("skipped", s.reason) for s in result.skips}
     return got
 
 
@@ -74,12 +73,12 @@ def test_every_entry_of_the_bad_input_corpus_gets_its_verdict(
     for version in ("first", "again"):  # decoding everything, then from the caches
         result = prepare_folder(tmp_path / "images", version)
         assert verdicts(result) == expected
-        counts = [result[k] for k in ("prepared", "quarantined", "skipped")]
-        assert sum(counts) == result["offered"] == len(expected)
-    assert result["decoded"] == 0
+        counts = result.prepared + result.quarantined + result.skipped
+        assert counts == result.offered == len(expected)
+    assert result.decoded == 0
     lake = open_lake(load_settings().lake_uri)  # the same files in two versions: two records each
     records = [k for k in lake.list("quarantine/prepare/") if k.endswith("/reason.json")]
-    assert len(records) == 2 * result["quarantined"] == len(set(records))
+    assert len(records) == 2 * result.quarantined == len(set(records))
 
 
 # 1. label conflicts
@@ -98,11 +97,11 @@ def test_an_image_under_two_labels_reaches_training_with_neither(
     copies = {f"1/{one.name}", "1/again.png", "7/copy.png"}
     for _ in range(2):  # decoding everything, then from the caches
         result = prepare_folder(folder)
-        conflicts = [q for q in result["quarantine"] if q["reason"] == "label_conflict"]
-        assert {q["path"] for q in conflicts} == copies
-        assert all(all(path in q["detail"] for path in copies) for q in conflicts)
-        assert conflicts[0]["content_hash"] not in prepared_hashes("test")
-        assert result["prepared"] == 299 and result["label_conflicts"] == 1
+        conflicts = [q for q in result.quarantine if q.reason == "label_conflict"]
+        assert {q.path for q in conflicts} == copies
+        assert all(all(path in q.detail for path in copies) for q in conflicts)
+        assert conflicts[0].content_hash not in prepared_hashes("test")
+        assert result.prepared == 299 and result.label_conflicts == 1
     checked = check(load_settings(), "test")
     assert checked["label_conflicts"] == 1
     report = json.loads(open_lake(load_settings().lake_uri).read_bytes("prepared/test/checks.json"))
@@ -126,7 +125,7 @@ def test_a_symlink_is_never_followed_out_of_the_dataset(
     os.symlink(SYSTEM_FILE, folder / "5" / "system")
     os.symlink("../extra/kept.png", folder / "5" / "inside.png")
     result = prepare_folder(folder)
-    assert {s["path"]: s["reason"] for s in result["skips"]} == {
+    assert {s.path: s.reason for s in result.skips} == {
         "5/outside.png": "symlink_outside",
         "5/system": "symlink_outside",
     }
@@ -134,7 +133,7 @@ def test_a_symlink_is_never_followed_out_of_the_dataset(
     lake = open_lake(load_settings().lake_uri)
     system_bytes = Path(SYSTEM_FILE).read_bytes()
     assert all(lake.read_bytes(key) not in (secret, system_bytes) for key in lake.list(""))
-    assert result["offered"] == 34 == result["prepared"] + result["quarantined"] + result["skipped"]
+    assert result.offered == 34 == result.prepared + result.quarantined + result.skipped
 
 
 # 3. entries that are not regular files
@@ -208,12 +207,12 @@ def test_hidden_entries_are_counted_and_named(
     shutil.copy(next((folder / "4").glob("*.png")), folder / "4" / ".ipynb_checkpoints")
     log = log_events(monkeypatch, tmp_path)
     result = prepare_folder(folder)
-    assert {s["path"]: s["reason"] for s in result["skips"]} == {
+    assert {s.path: s.reason for s in result.skips} == {
         ".git": "hidden",
         "3/.DS_Store": "hidden",
         "4/.ipynb_checkpoints": "hidden",
     }
-    assert result["offered"] == 33 == result["prepared"] + result["quarantined"] + result["skipped"]
+    assert result.offered == 33 == result.prepared + result.quarantined + result.skipped
     (event,) = [e for e in events.read_events(log) if e["action"] == "entries_skipped"]
     assert event["reason"] == "hidden" and event["count"] == 3
 
@@ -244,9 +243,9 @@ def test_quarantine_keeps_one_record_per_path_and_version(
         ("v2", "3/b.png"),
         ("v2", "3/c.png"),
     ]
-    for item in second["quarantine"]:  # the result names each record, beside its file's bytes
-        assert json.loads(lake.read_bytes(item["record"]))["path"] == item["path"]
-        copy = item["record"].rsplit("/", 1)[0] + "/" + Path(item["path"]).name
+    for item in second.quarantine:  # the result names each record, beside its file's bytes
+        assert json.loads(lake.read_bytes(item.record))["path"] == item.path
+        copy = item.record.rsplit("/", 1)[0] + "/" + Path(item.path).name
         assert lake.read_bytes(copy) == b"the same bad bytes"
 
 
@@ -285,7 +284,7 @@ def test_a_write_killed_midway_leaves_no_temporary_file(
         "metadata.csv",
         "summary.json",
     ]
-    assert len(prepared_hashes("test")) == result["prepared"] == 30
+    assert len(prepared_hashes("test")) == result.prepared == 30
 
 
 def test_a_write_in_progress_is_never_taken_for_a_stale_one(tmp_path: Path) -> None:
@@ -310,56 +309,3 @@ def test_a_write_in_progress_is_never_taken_for_a_stale_one(tmp_path: Path) -> N
     second.join(30)
     assert lake.read_bytes("prepared/v/data.npz") == b"second"
     assert sorted(p.name for p in (tmp_path / "lake" / "prepared" / "v").iterdir()) == ["data.npz"]
-
-
-# 7. reasons that say what happened, and EXIF orientation
-
-
-@pytest.mark.parametrize("name", sorted(bad_images()))
-def test_each_bad_image_is_refused_with_the_reason_that_fits(name: str) -> None:
-    data, reason = bad_images()[name]
-    with pytest.raises(BadImage) as err:
-        decode_image(data, size=8)
-    assert (err.value.reason, name) == (reason, name)
-    assert str(err.value)
-
-
-@pytest.mark.parametrize("fmt", sorted(format_samples()))
-def test_every_format_pillow_writes_here_is_decoded_or_refused_with_its_reason(fmt: str) -> None:
-    data, reason = format_samples()[fmt]
-    if reason is None:
-        pixels = decode_image(data, size=8)
-        assert pixels.shape == (8, 8) and pixels.dtype == np.uint8
-    else:
-        with pytest.raises(BadImage) as err:
-            decode_image(data, size=8)
-        assert err.value.reason == reason
-
-
-VIEWED = {  # EXIF orientation -> what a viewer shows of the stored pixels
-    1: lambda p: p,
-    2: np.fliplr,
-    3: lambda p: np.rot90(p, 2),
-    4: np.flipud,
-    5: np.transpose,
-    6: lambda p: np.rot90(p, -1),
-    7: lambda p: np.rot90(p, 2).T,
-    8: lambda p: np.rot90(p, 1),
-}
-
-
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])  # Pillow itself turns a TIFF
-@pytest.mark.parametrize("orientation", sorted(VIEWED))
-def test_exif_orientation_is_applied_as_a_viewer_shows_the_image(
-    fmt: str, orientation: int
-) -> None:
-    stored = pattern(8, seed=12)
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    options: dict[str, object] = {"PNG": {}, "WEBP": {"lossless": True}, "JPEG": {"quality": 100}}[
-        fmt
-    ]
-    data = encoded(Image.fromarray(stored), fmt, exif=exif, **options)
-    decoded = decode_image(data, size=8).astype(int)
-    error = np.abs(decoded - VIEWED[orientation](stored)).max()
-    assert error <= (8 if fmt == "JPEG" else 0)  # JPEG is lossy, a little

@@ -22,10 +22,9 @@ def test_digits_pass_every_expectation(flywheel_home: Path, digits_dir: Path) ->
 
 
 def test_a_skewed_dataset_stops_with_the_expectation_named(
-    flywheel_home: Path, digits_dir: Path, tmp_path: Path
+    flywheel_home: Path, digits_copy: Path
 ) -> None:
-    folder = tmp_path / "images"
-    shutil.copytree(digits_dir, folder)
+    folder = digits_copy
     for path in list((folder / "0").iterdir())[5:]:  # keep 5 zeros out of ~178
         path.unlink()
     prepare(load_settings(), data_dir=folder, dataset_version="skewed")

@@ -116,7 +116,7 @@ def test_prepare_reads_a_version_from_dvcs_record_without_status_or_checkout(
             return data["x"]
 
     result = prepare(load_settings())
-    assert result["dataset_version"] == first and result["images_in"] == 1797
+    assert result.dataset_version == first and result.images_in == 1797
     prepared_first = pixels(first)
 
     # the work tree changed behind DVC's back: an image added without `dvc add`, another
@@ -126,7 +126,7 @@ def test_prepare_reads_a_version_from_dvcs_record_without_status_or_checkout(
     shutil.copy(threes[0], images / "3" / "not-added.png")
     threes[1].write_bytes(threes[2].read_bytes())
     again = prepare(load_settings())
-    assert again["images_in"] == 1797 and again["decoded"] == 0
+    assert again.images_in == 1797 and again.decoded == 0
     assert np.array_equal(pixels(first), prepared_first)
     (images / "3" / "not-added.png").unlink()
     threes[1].write_bytes(threes[0].read_bytes())  # not the recorded bytes either
@@ -144,27 +144,27 @@ def test_prepare_reads_a_version_from_dvcs_record_without_status_or_checkout(
     git(repo, "add", "data/images.dvc", "data/versions.jsonl")
     git(repo, "commit", "-q", "-m", "dataset: twenty more")
     second = prepare(load_settings())
-    assert second["dataset_version"] != first and second["images_in"] == 1817
-    assert second["decoded"] == 20
+    assert second.dataset_version != first and second.images_in == 1817
+    assert second.decoded == 20
     backfill = prepare(load_settings(), dataset_version=first)
-    assert backfill["images_in"] == 1797 and backfill["decoded"] == 0
+    assert backfill.images_in == 1797 and backfill.decoded == 0
     assert np.array_equal(pixels(first), prepared_first)
     assert not [e for e in events.read_events(log) if e["action"] == "dataset_fetched"]
 
     # prepare's caches gone, and one new image neither in DVC's cache nor in the work tree:
     # the version is fetched from the DVC remote
     shutil.rmtree(Path(env["FLYWHEEL_HOME"]) / "cache" / "prepare")
-    manifest = dvc.cached_manifest(load_settings(), second["dataset_version"])
+    manifest = dvc.cached_manifest(load_settings(), second.dataset_version)
     old = dvc.cached_manifest(load_settings(), first)
     assert manifest is not None and old is not None
     new = next(rel for rel in manifest if rel not in old)
     (dvc.dvc_objects(load_settings()) / manifest[new][:2] / manifest[new][2:]).unlink()
     (images / new).unlink()
-    fetched = prepare(load_settings(), dataset_version=second["dataset_version"])
-    assert fetched["images_in"] == 1817
+    fetched = prepare(load_settings(), dataset_version=second.dataset_version)
+    assert fetched.images_in == 1817
     logged = events.read_events(log)
     not_local = [e for e in logged if e["action"] == "dataset_not_local"]
     assert len(not_local) == 1 and new in not_local[0]["detail"]
     assert [e["dataset_version"] for e in logged if e["action"] == "dataset_fetched"] == [
-        second["dataset_version"]
+        second.dataset_version
     ]

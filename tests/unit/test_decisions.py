@@ -2,7 +2,7 @@
 
 import hashlib
 
-from ml_tasks.prepare import split_of, splits_of
+from ml_tasks.data.splits import split_of, splits_of
 from ml_tasks.validate import decide
 
 RULES = {"min_accuracy": 0.8, "min_macro_f1": 0.8, "min_improvement": 0.01}
