@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ml_tasks.annotation.batches import LABELED, QUARANTINE, write_json
-from ml_tasks.annotation.claim import parallel
+from ml_tasks.annotation.storage import parallel
 from ml_tasks.annotation.tasks import LABEL, QUALITY, REASON, UNUSABLE
 from ml_tasks.core import events
 from ml_tasks.core.lake import Lake, LakeError, open_lake
