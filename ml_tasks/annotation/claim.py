@@ -166,10 +166,8 @@ def claim(
     """Claim up to a batch of waiting images from incoming/ (copy, verify, delete)."""
     report_batch(
         "claim",
+        (run_id, batch, result_path),
         lambda settings, name: claim_batch(open_lake(settings.lake_uri), name, max_images),
-        run_id=run_id,
-        batch=batch,
-        result_path=result_path,
     )
 
 

@@ -36,13 +36,12 @@ def batch_of(run_id: str | None, batch: str | None) -> str:
 
 def report_batch(
     component: str,
+    options: tuple[str | None, str | None, Path | None],
     body: Callable[[Settings, str], StepResult],
-    *,
-    run_id: str | None,
-    batch: str | None,
-    result_path: Path | None,
 ) -> None:
-    """Run ``body(settings, batch)`` as step ``component`` for the batch the options name."""
+    """Run ``body(settings, batch)`` as step ``component``; ``options`` are the command's
+    ``--run-id``, ``--batch`` and ``--result-path``."""
+    run_id, batch, result_path = options
     name = batch_of(run_id, batch)
     settings = load_settings()
     report(

@@ -143,12 +143,10 @@ def command(
     """Predict each claimed image with the champion; rank most uncertain first."""
     report_batch(
         "preannotate",
+        (run_id, batch, result_path),
         lambda settings, name: preannotate(
             settings, name, model_uri or f"models:/{settings.model_name}@champion"
         ),
-        run_id=run_id,
-        batch=batch,
-        result_path=result_path,
     )
 
 

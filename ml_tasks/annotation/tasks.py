@@ -273,12 +273,10 @@ def command(
     """Create Label Studio tasks with predictions for a pre-annotated batch."""
     report_batch(
         "tasks",
+        (run_id, batch, result_path),
         lambda settings, name: create_tasks(
             settings, name, dataset or os.environ.get("FLYWHEEL_DATASET") or settings.model_name
         ),
-        run_id=run_id,
-        batch=batch,
-        result_path=result_path,
     )
 
 
