@@ -9,7 +9,6 @@ image). Light: imports only the lake, so the orchestrator environment can use it
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -81,14 +80,3 @@ def count_waiting(keys: Iterable[str], prefix: str = INCOMING) -> int:
         for key in present
         if key.startswith(prefix) and key.endswith(IMAGE_SUFFIX) and sidecar_of(key) in present
     )
-
-
-def add_batch_options(parser: argparse.ArgumentParser) -> None:
-    """``--run-id`` (the orchestrator's run: the batch is named after it) or ``--batch``."""
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--run-id", help="the orchestrator run id; the batch is derived from it")
-    group.add_argument("--batch", help="an explicit batch name (letters, digits, . _ -)")
-
-
-def batch_from_args(args: argparse.Namespace) -> str:
-    return str(args.batch) if args.batch else batch_id(str(args.run_id))

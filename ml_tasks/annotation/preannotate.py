@@ -11,22 +11,29 @@ The result, ``annotation/<batch>/predictions.json``, is rewritten whole on a ret
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from ml_tasks.annotation.batches import (
-    QUARANTINE,
-    add_batch_options,
-    batch_from_args,
-    batch_key,
-    load_manifest,
-    write_json,
-)
-from ml_tasks.annotation.claim import parallel
+import typer
+
+from ml_tasks.annotation.batches import QUARANTINE, batch_key, load_manifest, write_json
+from ml_tasks.annotation.options import Batch, RunId, report_batch
+from ml_tasks.annotation.storage import parallel
 from ml_tasks.core import events
+from ml_tasks.core.command import ResultPath, command_app, entry_point
 from ml_tasks.core.lake import Lake, open_lake
-from ml_tasks.core.settings import Settings, load_settings
-from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.core.settings import Settings
+from ml_tasks.core.step import StepError
+
+
+@dataclass(frozen=True)
+class Preannotated:
+    batch: str
+    images: int
+    quarantined: int
+    model_version: str
+    lowest_score: float | None  # the most uncertain image's top probability
+    predictions: str  # the predictions document's URL
 
 
 def quarantine(lake: Lake, key: str, name: str, reason: str, **details: Any) -> str:
@@ -40,7 +47,7 @@ def quarantine(lake: Lake, key: str, name: str, reason: str, **details: Any) -> 
     return target
 
 
-def preannotate(settings: Settings, batch: str, model_uri: str) -> dict[str, Any]:
+def preannotate(settings: Settings, batch: str, model_uri: str) -> Preannotated:
     import numpy as np
 
     from ml_tasks.data.images import BadImage, content_hash, decode_image
@@ -110,35 +117,40 @@ def preannotate(settings: Settings, batch: str, model_uri: str) -> dict[str, Any
         quarantined=len(quarantined),
         model_version=classifier.version,
     )
-    return {
-        "batch": batch,
-        "images": len(items),
-        "quarantined": len(quarantined),
-        "model_version": model_version,
-        "lowest_score": items[0]["score"] if items else None,
-        "predictions": lake.url(batch_key(batch, "predictions.json")),
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.annotation.preannotate",
-        description="Predict each claimed image with the champion; rank most uncertain first.",
+    return Preannotated(
+        batch=batch,
+        images=len(items),
+        quarantined=len(quarantined),
+        model_version=model_version,
+        lowest_score=items[0]["score"] if items else None,
+        predictions=lake.url(batch_key(batch, "predictions.json")),
     )
-    add_batch_options(parser)
-    parser.add_argument("--model-uri", help="default: models:/<FLYWHEEL_MODEL_NAME>@champion")
-    add_result_option(parser)
-    args = parser.parse_args(argv)
-    batch = batch_from_args(args)
-    settings = load_settings()
-    model_uri = args.model_uri or f"models:/{settings.model_name}@champion"
-    return run_step(
+
+
+app = command_app()
+
+
+@app.command()
+def command(
+    run_id: RunId = None,
+    batch: Batch = None,
+    model_uri: Annotated[
+        str | None,
+        typer.Option(help="default: models:/<FLYWHEEL_MODEL_NAME>@champion", show_default=False),
+    ] = None,
+    result_path: ResultPath = None,
+) -> None:
+    """Predict each claimed image with the champion; rank most uncertain first."""
+    report_batch(
         "preannotate",
-        lambda: preannotate(settings, batch, model_uri),
-        result_path=args.result_path,
-        context={"batch": batch},
+        (run_id, batch, result_path),
+        lambda settings, name: preannotate(
+            settings, name, model_uri or f"models:/{settings.model_name}@champion"
+        ),
     )
 
+
+main = entry_point(app, "ml_tasks.annotation.preannotate")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -27,26 +27,22 @@ the storages get the S3 endpoint and keys from ``LABEL_STUDIO_S3_ENDPOINT`` (def
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 from xml.sax.saxutils import quoteattr
 
-from ml_tasks.annotation.batches import (
-    ANNOTATION,
-    LABELED,
-    add_batch_options,
-    batch_from_args,
-    batch_key,
-    read_json,
-    write_json,
-)
+import typer
+
+from ml_tasks.annotation.batches import ANNOTATION, LABELED, batch_key, read_json, write_json
+from ml_tasks.annotation.options import Batch, RunId, report_batch
 from ml_tasks.core import events
+from ml_tasks.core.command import ResultPath, command_app, entry_point
 from ml_tasks.core.lake import Lake, S3Lake, open_lake
-from ml_tasks.core.settings import Settings, load_params, load_settings
-from ml_tasks.core.step import StepError, add_result_option, run_step
+from ml_tasks.core.settings import Settings, load_params
+from ml_tasks.core.step import StepError
 
 LABEL, IMAGE, QUALITY, REASON = "label", "image", "quality", "reason"
 UNUSABLE = "unusable"
@@ -177,7 +173,16 @@ def existing_tasks(ls: Any, project: int, batch: str) -> dict[str, int]:
     return found
 
 
-def create_tasks(settings: Settings, batch: str, dataset: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TasksCreated:
+    batch: str
+    project: int  # the Label Studio project's id
+    tasks: int
+    created: int
+    reused: int  # tasks an earlier attempt had already created
+
+
+def create_tasks(settings: Settings, batch: str, dataset: str) -> TasksCreated:
     lake = open_lake(settings.lake_uri)
     if not isinstance(lake, S3Lake):
         raise StepError("Label Studio reads images from S3: set FLYWHEEL_LAKE_URI=s3://bucket")
@@ -231,13 +236,7 @@ def create_tasks(settings: Settings, batch: str, dataset: str) -> dict[str, Any]
         reused=reused,
         model_version=predictions["model_version"],
     )
-    return {
-        "batch": batch,
-        "project": project,
-        "tasks": len(have),
-        "created": created,
-        "reused": reused,
-    }
+    return TasksCreated(batch, project, len(have), created, reused)
 
 
 def task_payload(item: dict[str, Any], lake: Lake, batch: str, predictions: dict[str, Any]) -> Any:
@@ -255,28 +254,33 @@ def task_payload(item: dict[str, Any], lake: Lake, batch: str, predictions: dict
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.annotation.tasks",
-        description="Create Label Studio tasks with predictions for a pre-annotated batch.",
-    )
-    add_batch_options(parser)
-    parser.add_argument(
-        "--dataset",
-        help="dataset (project) name; default FLYWHEEL_DATASET, else FLYWHEEL_MODEL_NAME",
-    )
-    add_result_option(parser)
-    args = parser.parse_args(argv)
-    batch = batch_from_args(args)
-    settings = load_settings()
-    dataset = args.dataset or os.environ.get("FLYWHEEL_DATASET") or settings.model_name
-    return run_step(
+app = command_app()
+
+
+@app.command()
+def command(
+    run_id: RunId = None,
+    batch: Batch = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="dataset (project) name; default FLYWHEEL_DATASET, else FLYWHEEL_MODEL_NAME",
+            show_default=False,
+        ),
+    ] = None,
+    result_path: ResultPath = None,
+) -> None:
+    """Create Label Studio tasks with predictions for a pre-annotated batch."""
+    report_batch(
         "tasks",
-        lambda: create_tasks(settings, batch, dataset),
-        result_path=args.result_path,
-        context={"batch": batch},
+        (run_id, batch, result_path),
+        lambda settings, name: create_tasks(
+            settings, name, dataset or os.environ.get("FLYWHEEL_DATASET") or settings.model_name
+        ),
     )
 
+
+main = entry_point(app, "ml_tasks.annotation.tasks")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,7 +13,8 @@ import fcntl
 import io
 import os
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -42,7 +43,9 @@ class Lake(Protocol):
     def list(self, prefix: str) -> Iterator[str]: ...
     def copy(self, src: str, dst: str) -> None: ...
     def delete(self, key: str) -> None: ...
+    def delete_many(self, keys: Sequence[str]) -> None: ...
     def size(self, key: str) -> int: ...
+    def create_if_absent(self, key: str, data: bytes) -> bool: ...
 
 
 @contextmanager
@@ -147,8 +150,30 @@ class LocalLake:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
     def size(self, key: str) -> int:
         return self._path(key).stat().st_size
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` only if absent; True when this call created it.
+
+        The body goes to a temporary file first and is hard-linked into place: ``link`` fails
+        when the name exists, like ``O_EXCL``, and a reader never sees an empty file.
+        """
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        return True
 
 
 class S3Lake:
@@ -168,29 +193,30 @@ class S3Lake:
             self._client = boto3.client("s3")
         return self._client
 
-    def _key(self, key: str) -> str:
+    def object_key(self, key: str) -> str:
+        """The bucket key of lake key ``key`` (under the lake's prefix)."""
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self._key(key)}"
+        return f"s3://{self.bucket}/{self.object_key(key)}"
 
     def read_bytes(self, key: str) -> bytes:
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))["Body"]
         except self.client.exceptions.NoSuchKey as exc:
             raise LakeError(f"no object {key!r} in {self.uri}") from exc
         data: bytes = body.read()
         return data
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data)
 
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
         """A buffer uploaded as ``key`` when the block ends without an error."""
         buffer = io.BytesIO()
         yield buffer
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=buffer.getvalue())
+        self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=buffer.getvalue())
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
@@ -199,7 +225,9 @@ class S3Lake:
         from botocore.exceptions import ClientError
 
         try:
-            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            head: dict[str, Any] = self.client.head_object(
+                Bucket=self.bucket, Key=self.object_key(key)
+            )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -208,18 +236,47 @@ class S3Lake:
 
     def list(self, prefix: str) -> Iterator[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
-        for obj in s3_objects(self.client, self.bucket, self._key(prefix)):
+        for obj in s3_objects(self.client, self.bucket, self.object_key(prefix)):
             yield obj["Key"][strip:]
 
     def copy(self, src: str, dst: str) -> None:
         self.client.copy_object(
             Bucket=self.bucket,
-            Key=self._key(dst),
-            CopySource={"Bucket": self.bucket, "Key": self._key(src)},
+            Key=self.object_key(dst),
+            CopySource={"Bucket": self.bucket, "Key": self.object_key(src)},
         )
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete ``keys``, a thousand per request (the most one S3 call takes)."""
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            done = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": self.object_key(k)} for k in chunk], "Quiet": True},
+            )
+            if done.get("Errors"):
+                raise LakeError(
+                    f"could not delete {len(done['Errors'])} objects: {done['Errors'][:3]}"
+                )
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` only if absent (``If-None-Match: *``); True when this
+        call created it. S3 puts are atomic: readers see the whole body or no object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.object_key(key), Body=data, IfNoneMatch="*"
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise
+        return True
 
     def size(self, key: str) -> int:
         head = self._head(key)

@@ -130,7 +130,7 @@ def incoming(bucket: str, count: int, seed: int, model_version: str) -> None:
 
 def half_ingest() -> None:
     """Files + ``dvc add`` + ``dvc push`` + index, then stop: a crash before the commit."""
-    from ml_tasks.annotation.ingest import apply_decisions, decide, read_annotations
+    from ml_tasks.annotation.decisions import apply_decisions, decide, read_annotations
     from ml_tasks.core.lake import open_lake
     from ml_tasks.core.settings import load_params, load_settings
     from ml_tasks.data.versions import add_version

@@ -16,7 +16,7 @@ import pytest
 from servers import s3_client
 
 from ml_tasks.annotation.batches import count_waiting
-from ml_tasks.annotation.claim import claim_batch
+from ml_tasks.annotation.claim import Claimed, claim_batch
 from ml_tasks.core.lake import Lake, LocalLake, S3Lake
 
 
@@ -64,7 +64,7 @@ def claimed_names(lake: Lake, batch: str) -> list[str]:
 def test_a_claim_moves_images_with_sidecars_and_leaves_the_rest(lake: Lake) -> None:
     put_waiting(lake, 5, without_sidecar=2)
     result = claim_batch(lake, "b1", 4)
-    assert result["images"] == 4
+    assert result.images == 4
     names = claimed_names(lake, "b1")
     for name in names:
         assert lake.read_bytes(f"annotation/b1/{name}").startswith(b"image ")
@@ -74,12 +74,12 @@ def test_a_claim_moves_images_with_sidecars_and_leaves_the_rest(lake: Lake) -> N
     assert not open_ledger_entries(lake)  # the reservation closes once the claim is done
     # A retry of the same run claims nothing more and changes nothing.
     again = claim_batch(lake, "b1", 4)
-    assert again["resumed"] and claimed_names(lake, "b1") == names
+    assert again.resumed and claimed_names(lake, "b1") == names
 
 
 def test_overlapping_runs_never_claim_the_same_image(lake: Lake) -> None:
     put_waiting(lake, 60)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, Claimed] = {}
 
     def claim(batch: str) -> None:
         results[batch] = claim_batch(lake, batch, 25)
@@ -91,7 +91,7 @@ def test_overlapping_runs_never_claim_the_same_image(lake: Lake) -> None:
         thread.join()
     everything = [n for b in results for n in claimed_names(lake, b)]
     assert len(everything) == len(set(everything))  # nobody shares an image
-    counts = [r["images"] for r in results.values()]
+    counts = [r.images for r in results.values()]
     # Each run stops at 25 or when it has tried every image it listed (losing races is fine).
     assert sum(counts) == 60 and max(counts) <= 25
     assert count_waiting(lake.list("incoming/")) == 0  # and nothing was left behind
@@ -115,9 +115,9 @@ def test_a_claim_that_crashed_after_its_manifest_resumes_the_same_images(lake: L
         json.dumps({"batch": "b9", "state": "claiming", "ledger": 1, "images": chosen}).encode(),
     )
     other = claim_batch(lake, "b10", 10)  # another run meanwhile: must not take those three
-    assert other["images"] == 3
+    assert other.images == 3
     result = claim_batch(lake, "b9", 10)
-    assert result["resumed"] and result["images"] == 3
+    assert result.resumed and result.images == 3
     assert sorted(claimed_names(lake, "b9")) == sorted(k.rsplit("/", 1)[-1] for k in chosen)
     assert list(lake.list("incoming/")) == []
 
@@ -133,11 +133,11 @@ def test_a_claim_that_crashed_before_its_manifest_resumes_its_reservation(lake: 
         json.dumps({"batch": "b7", "images": chosen}).encode(),
     )
     other = claim_batch(lake, "b8", 10)  # meanwhile: takes the other three only
-    assert other["images"] == 3 and not set(claimed_names(lake, "b8")) & {
+    assert other.images == 3 and not set(claimed_names(lake, "b8")) & {
         k.rsplit("/", 1)[-1] for k in chosen
     }
     result = claim_batch(lake, "b7", 10)
-    assert result["resumed"] and result["images"] == 3
+    assert result.resumed and result.images == 3
     assert sorted(claimed_names(lake, "b7")) == sorted(k.rsplit("/", 1)[-1] for k in chosen)
     assert list(lake.list("incoming/")) == [] and not open_ledger_entries(lake)
 
@@ -146,22 +146,20 @@ def test_a_run_that_loses_a_ledger_number_reads_again_and_takes_other_images(
     lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The race itself, made certain: another run reserves between our reading and writing."""
-    from ml_tasks.annotation import claim
-
     put_waiting(lake, 8)
-    original = claim.ClaimStore.create_once
-    rival_done: list[dict[str, Any]] = []
+    original = lake.create_if_absent
+    rival_done: list[Claimed] = []
     raced: list[str] = []
 
-    def create_once(self: claim.ClaimStore, key: str, body: bytes) -> bool:
+    def create_if_absent(key: str, body: bytes) -> bool:
         if not raced:
             raced.append(key)
             rival_done.append(claim_batch(lake, "rival", 5))  # wins this very number first
-        return original(self, key, body)
+        return original(key, body)
 
-    monkeypatch.setattr(claim.ClaimStore, "create_once", create_once)
+    monkeypatch.setattr(lake, "create_if_absent", create_if_absent)
     ours = claim_batch(lake, "ours", 5)
-    assert rival_done[0]["images"] == 5 and ours["images"] == 3
+    assert rival_done[0].images == 5 and ours.images == 3
     assert not set(claimed_names(lake, "ours")) & set(claimed_names(lake, "rival"))
     assert [ledger_entry(lake, b) for b in ("rival", "ours")] == [1, 2]
 
@@ -183,7 +181,7 @@ def test_the_ledger_keeps_only_open_entries_and_the_newest(lake: Lake) -> None:
         f"{ledger}0000000003.done",
         f"{ledger}0000000003.json",
     ]
-    assert claim_batch(lake, "crashed", 3)["resumed"]  # closes 2, which is then pruned
+    assert claim_batch(lake, "crashed", 3).resumed  # closes 2, which is then pruned
     assert sorted(lake.list(ledger)) == [f"{ledger}0000000003.done", f"{ledger}0000000003.json"]
     claim_batch(lake, "fourth", 3)
     assert ledger_entry(lake, "fourth") == 4  # numbering goes on from the newest entry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ml_tasks.annotation.ingest import decide
+from ml_tasks.annotation.decisions import decide
 from ml_tasks.annotation.tasks import label_config, prediction
 
 CLASSES = [str(c) for c in range(10)]

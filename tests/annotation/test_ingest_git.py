@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_tasks.annotation.ingest import RemoteRefusesPush, push_commit
+from ml_tasks.annotation.publish import RemoteRefusesPush, push_commit
 from ml_tasks.core.settings import load_settings
 
 

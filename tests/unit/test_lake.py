@@ -29,6 +29,13 @@ def exercise(lake: Lake) -> None:
         raise RuntimeError("the writer failed midway")
     assert not lake.exists("big/half.bin")  # a failed write leaves no object behind
     assert sorted(lake.list("big/")) == ["big/array.bin"]
+    # created once: a second create of the same key changes nothing and says so
+    assert lake.create_if_absent("ledger/1.json", b"first")
+    assert not lake.create_if_absent("ledger/1.json", b"second")
+    assert lake.read_bytes("ledger/1.json") == b"first"
+    assert sorted(lake.list("ledger/")) == ["ledger/1.json"]
+    lake.delete_many(["incoming/b.png", "other/c.png", "never/written.png"])
+    assert not lake.exists("incoming/b.png") and not lake.exists("other/c.png")
 
 
 def test_local_lake(tmp_path: Path) -> None:
