@@ -20,7 +20,7 @@ from typing import Any
 from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 from ml_tasks.core.lake import open_lake
 from ml_tasks.core.settings import load_settings
-from ml_tasks.core.step import StepError, run_step
+from ml_tasks.core.step import StepError, StepResult, run_step
 
 MEANING = {
     EXIT_STEP_ERROR: "bad input, do not retry",
@@ -73,7 +73,7 @@ def apply_context(context_json: str) -> None:
 
 def run_component(
     step: str,
-    body: Callable[[], Mapping[str, Any]],
+    body: Callable[[], StepResult],
     *,
     kfp_run_id: str,
     task: str | None = None,
@@ -81,7 +81,7 @@ def run_component(
     """Run ``body`` as step ``step``; store and return its result, or raise ComponentFailed."""
     error: dict[str, str] = {}
 
-    def guarded() -> Mapping[str, Any]:
+    def guarded() -> StepResult:
         try:
             return body()
         except StepError as exc:

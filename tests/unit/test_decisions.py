@@ -2,8 +2,8 @@
 
 import hashlib
 
+from ml_tasks.model.validation import decide
 from ml_tasks.prepare import split_of, splits_of
-from ml_tasks.validate import decide
 
 RULES = {"min_accuracy": 0.8, "min_macro_f1": 0.8, "min_improvement": 0.01}
 
