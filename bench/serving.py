@@ -48,7 +48,7 @@ CONCURRENCY = 16
 
 def register_model(root: Path) -> tuple[str, np.ndarray]:
     """Train and register the model; returns the tracking URI and uint8 test digits."""
-    from bench.models import register_digits
+    from ml_tasks.model.small_champion import register_digits
 
     champion = register_digits(root, MODEL, "bench", epochs=3, channels=16, hidden=64)
     return champion.tracking_uri, champion.pixels[champion.data.split == "test"][:64]

@@ -6,8 +6,8 @@ import torch
 from ml_tasks.core.settings import load_params
 from ml_tasks.data.prepared import PreparedData
 from ml_tasks.model.classifier import Classifier
-from ml_tasks.train import fit
-from ml_tasks.validate import evaluate
+from ml_tasks.model.evaluation import evaluate
+from ml_tasks.model.training import fit
 
 PARAMS = load_params()
 

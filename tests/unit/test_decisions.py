@@ -3,7 +3,7 @@
 import hashlib
 
 from ml_tasks.data.splits import split_of, splits_of
-from ml_tasks.validate import decide
+from ml_tasks.model.validation import decide
 
 RULES = {"min_accuracy": 0.8, "min_macro_f1": 0.8, "min_improvement": 0.01}
 
