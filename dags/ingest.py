@@ -17,11 +17,12 @@ Connections: `flywheel_s3` (aws), optional `flywheel_git` (login + token).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import dag, task
 from flywheel_airflow.assets import dataset_asset
+from flywheel_airflow.dag_defaults import DEFAULT_ARGS
 from flywheel_airflow.operators.connected_step import ConnectedStepOperator
 
 DATASET = dataset_asset()
@@ -35,7 +36,7 @@ DATASET = dataset_asset()
     catchup=False,
     max_active_runs=1,  # one writer of the dataset and the git history at a time
     tags=["flywheel", "annotation", "dataset"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args=DEFAULT_ARGS,
 )
 def flywheel_ingest() -> None:
     ingest_annotations = ConnectedStepOperator(

@@ -21,6 +21,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, dag
+from flywheel_airflow.dag_defaults import DEFAULT_ARGS
 from flywheel_airflow.operators.connected_step import ConnectedStepOperator
 from flywheel_airflow.sensors.incoming import IncomingImagesSensor
 
@@ -48,7 +49,7 @@ BATCH = ["--run-id", "{{ run_id }}"]
             60, type="number", minimum=0.1, description="seconds between checks while waiting"
         ),
     },
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args=DEFAULT_ARGS,
 )
 def flywheel_intake() -> None:
     wait_for_images = IncomingImagesSensor(

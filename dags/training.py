@@ -33,6 +33,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import AssetOrTimeSchedule, Param, dag, task
 from flywheel_airflow.arguments import MACROS
 from flywheel_airflow.assets import dataset_asset
+from flywheel_airflow.dag_defaults import DEFAULT_ARGS
 from flywheel_airflow.gates import (
     AWAIT_APPROVAL,
     BACKFILL_KEEPS_CHAMPION,
@@ -66,7 +67,7 @@ REJECTED_BY = "{{ approval_responder(ti, approved=False) }}"
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "flywheel", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args=DEFAULT_ARGS,
     dagrun_timeout=timedelta(days=2),
     tags=["flywheel", "training", "mlops"],
     doc_md=__doc__,

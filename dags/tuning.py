@@ -25,6 +25,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 from flywheel_airflow.arguments import MACROS
+from flywheel_airflow.dag_defaults import DEFAULT_ARGS
 from flywheel_airflow.operators.step import StepOperator
 
 DATASET = "{{ ti.xcom_pull(task_ids='resolve_dataset')['dataset_version'] }}"
@@ -36,7 +37,7 @@ DATASET = "{{ ti.xcom_pull(task_ids='resolve_dataset')['dataset_version'] }}"
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "flywheel", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args=DEFAULT_ARGS,
     dagrun_timeout=timedelta(days=1),
     tags=["flywheel", "tuning", "mlops"],
     doc_md=__doc__,

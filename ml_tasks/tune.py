@@ -4,7 +4,7 @@
 MLflow parent run; any number of ``worker`` processes then run trials until the study holds
 ``--n-trials`` (claimed under a lock, so never more); ``finish`` puts the best params and value
 and the plots on the parent run and writes the best params to the lake. ``run`` does all three
-in one process. Each trial trains through :func:`ml_tasks.train.fit`, reports every epoch to the
+in one process. Each trial trains through :func:`ml_tasks.model.training.fit`, reports every epoch to the
 pruner, and is an MLflow child run whose status and ``flywheel.tuning.state`` tag say COMPLETE,
 PRUNED or FAIL. A worker that dies stops its trial's heartbeat: the next worker (or ``finish``)
 marks that trial and its MLflow run failed. The library is :mod:`ml_tasks.model.tune_study`
@@ -53,10 +53,10 @@ app = command_app(
 
 
 def fit(*args: Any, **kwargs: Any) -> tuple[Any, list[dict[str, float]]]:
-    """The train step's ``fit``, looked up when a trial trains."""
-    from ml_tasks import train
+    """The train step's ``fit``, looked up when a trial trains (so a test can swap it)."""
+    from ml_tasks.model import training
 
-    return train.fit(*args, **kwargs)
+    return training.fit(*args, **kwargs)
 
 
 def run_tune(

@@ -67,9 +67,9 @@ def test_a_seeded_study_prunes_logs_every_trial_and_writes_the_best_params(
 def test_a_trial_that_raises_is_failed_with_its_error_and_the_study_goes_on(
     tune_env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ml_tasks.train
+    import ml_tasks.model.training
 
-    real_fit = ml_tasks.train.fit
+    real_fit = ml_tasks.model.training.fit
     calls = {"n": 0}
 
     def flaky_fit(*args: Any, **kwargs: Any) -> Any:
@@ -78,7 +78,7 @@ def test_a_trial_that_raises_is_failed_with_its_error_and_the_study_goes_on(
             raise RuntimeError("out of memory (simulated)")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(ml_tasks.train, "fit", flaky_fit)
+    monkeypatch.setattr(ml_tasks.model.training, "fit", flaky_fit)
     write_params(Path(tune_env["FLYWHEEL_PARAMS"]), pruner={"name": "none"})
     code, result, err = run_tune(
         capsys, "run", "--dataset-version", "digits", "--study", "s2", "--n-trials", "3"
