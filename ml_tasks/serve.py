@@ -54,7 +54,7 @@ honoured and stored.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -91,7 +91,14 @@ example: python -m ml_tasks.serve --http-port 8085 &
 """
 
 
+MIB = 1024 * 1024
+
 app = command_app()
+
+
+def _count(name: str, help: str) -> Any:
+    """A positive count or limit: 0 or less is a usage error (exit 2) that names the option."""
+    return typer.Option(name, min=1, help=help)
 
 
 @app.command(epilog=EPILOG)
@@ -146,47 +153,32 @@ def main_command(
     ] = None,
     store_queue: Annotated[
         int,
-        typer.Option(
-            "--store-queue",
-            min=1,
-            help="images waiting to be written before new ones are dropped",
-        ),
+        _count("--store-queue", "images waiting to be written before new ones are dropped"),
     ] = 1000,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="images per request")] = 64,
-    max_image_bytes: Annotated[
-        int, typer.Option("--max-image-bytes", min=1, help="encoded bytes per image")
-    ] = 4 * 1024 * 1024,
+    max_batch: Annotated[int, _count("--max-batch", "images per request")] = 64,
+    max_image_bytes: Annotated[int, _count("--max-image-bytes", "encoded bytes per image")] = 4
+    * MIB,
     max_pixels: Annotated[
         int | None,
-        typer.Option(
-            "--max-pixels",
-            min=1,
-            help="pixels per decoded image (default: params.yaml prepare.max_pixels)",
+        _count(
+            "--max-pixels", "pixels per decoded image (default: params.yaml prepare.max_pixels)"
         ),
     ] = None,
     max_request_pixels: Annotated[
         int | None,
-        typer.Option(
+        _count(
             "--max-request-pixels",
-            min=1,
-            help="decoded pixels in all the images of one request, checked before decoding "
+            "decoded pixels in all the images of one request, checked before decoding "
             "(default: the --max-pixels of one image)",
         ),
     ] = None,
     decode_workers: Annotated[
         int,
-        typer.Option(
-            "--decode-workers",
-            min=1,
-            help="processes that decode large images, off the event loop",
-        ),
+        _count("--decode-workers", "processes that decode large images, off the event loop"),
     ] = 1,
-    max_request_bytes: Annotated[
-        int, typer.Option("--max-request-bytes", min=1, help="bytes per request body")
-    ] = 16 * 1024 * 1024,
-    torch_threads: Annotated[
-        int, typer.Option("--torch-threads", min=1, help="torch intra-op threads")
-    ] = 1,
+    max_request_bytes: Annotated[int, _count("--max-request-bytes", "bytes per request body")] = 16
+    * MIB,
+    torch_threads: Annotated[int, _count("--torch-threads", "torch intra-op threads")] = 1,
     access_log: Annotated[
         bool, typer.Option("--access-log", help="log one line per request")
     ] = False,
