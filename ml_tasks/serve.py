@@ -54,23 +54,12 @@ honoured and stored.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import os
-import sys
-from typing import Any
+from typing import Annotated, Any
 
-from ml_tasks.core.step import positive_int
+import typer
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
-# While watching, no retries inside a poll (the next poll retries), and no download progress
-# bars in a service's log (one per file, every time a version is loaded).
-WATCH_MLFLOW_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
+from ml_tasks.core.command import command_app, entry_point, finish
+from ml_tasks.serving.service import DEFAULT_HOST, DEFAULT_PORT, ServeOptions, serve
 
 EPILOG = """\
 payloads (see the module docstring: python -c 'import ml_tasks.serve as s; print(s.__doc__)'):
@@ -102,245 +91,122 @@ example: python -m ml_tasks.serve --http-port 8085 &
 """
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
-    return value
+MIB = 1024 * 1024
+
+app = command_app()
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
-    return value
+def _count(name: str, help: str) -> Any:
+    """A positive count or limit: 0 or less is a usage error (exit 2) that names the option."""
+    return typer.Option(name, min=1, help=help)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ml_tasks.serve",
-        description="Serve a registered model with KServe (v1 + v2 REST); keep sampled inputs "
-        "in the lake's incoming/ prefix for annotation.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model-uri", help="MLflow model URI (default: models:/NAME@champion)")
-    parser.add_argument(
-        "--watch-seconds",
-        type=_seconds,
-        default=5.0,
-        help="how often to look the alias of an alias URI up in MLflow and swap in the version "
-        "it names (default: %(default)s; 0: load once at start, and fail when there is none; "
-        "a version URI is never watched)",
-    )
-    parser.add_argument(
-        "--model-name",
-        help="name in the URL paths (default: the registered model's name, else "
-        "FLYWHEEL_MODEL_NAME)",
-    )
-    parser.add_argument(
-        "--host",
-        default=os.environ.get("FLYWHEEL_SERVE_HOST", DEFAULT_HOST),
-        help="address to listen on (default: FLYWHEEL_SERVE_HOST or 127.0.0.1, loopback only)",
-    )
-    parser.add_argument(
-        "--http-port",
-        type=int,
-        default=DEFAULT_PORT,
-        help="HTTP port (default: %(default)s, KServe's)",
-    )
-    parser.add_argument(
-        "--sample-rate",
-        type=_fraction,
-        default=_fraction(os.environ.get("FLYWHEEL_SERVE_SAMPLE_RATE", "1.0")),
-        help="share of request images kept in incoming/ (default: FLYWHEEL_SERVE_SAMPLE_RATE "
-        "or 1.0; 0 turns storing off)",
-    )
-    parser.add_argument("--lake-uri", help="where to keep inputs (default: FLYWHEEL_LAKE_URI)")
-    parser.add_argument(
-        "--store-queue",
-        type=positive_int,
-        default=1000,
-        help="images waiting to be written before new ones are dropped (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-batch",
-        type=positive_int,
-        default=64,
-        help="images per request (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-image-bytes",
-        type=positive_int,
-        default=4 * 1024 * 1024,
-        help="encoded bytes per image (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=positive_int,
-        help="pixels per decoded image (default: params.yaml prepare.max_pixels)",
-    )
-    parser.add_argument(
-        "--max-request-pixels",
-        type=positive_int,
-        help="decoded pixels in all the images of one request, checked before decoding "
-        "(default: the --max-pixels of one image)",
-    )
-    parser.add_argument(
-        "--decode-workers",
-        type=positive_int,
-        default=1,
-        help="processes that decode large images, off the event loop (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-request-bytes",
-        type=positive_int,
-        default=16 * 1024 * 1024,
-        help="bytes per request body (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--torch-threads",
-        type=positive_int,
-        default=1,
-        help="torch intra-op threads (default: %(default)s)",
-    )
-    parser.add_argument("--access-log", action="store_true", help="log one line per request")
-    return parser
-
-
-def registered_name(model_uri: str) -> str | None:
-    """``digits`` for ``models:/digits@champion`` or ``models:/digits/3``, else None."""
-    if not model_uri.startswith("models:/"):
-        return None
-    rest = model_uri.removeprefix("models:/")
-    return rest.split("@", 1)[0].split("/", 1)[0] or None
-
-
-def training_max_pixels() -> int | None:
-    """The pixel limit training data passes (params.yaml), when there is a params file."""
-    from ml_tasks.core.settings import ConfigError, load_params
-
-    try:
-        value = load_params().get("prepare", {}).get("max_pixels")
-    except ConfigError:
-        return None
-    return int(value) if value else None
-
-
-def _import_kserve() -> Any:
-    """Import KServe's server module without letting it read our command line.
-
-    ``kserve.model_server`` parses ``sys.argv`` at import time (``parse_known_args``); our own
-    flags are not its business, so it sees only the program name.
-    """
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        import kserve.model_server
-    finally:
-        sys.argv = saved
-    return kserve.model_server
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from ml_tasks.core import events
-    from ml_tasks.core.settings import load_settings
-
-    settings = load_settings()
-    events.configure("serve")
-    model_uri = args.model_uri or f"models:/{settings.model_name}@champion"
-    name = args.model_name or registered_name(model_uri) or settings.model_name
-
-    _import_kserve()
-    import mlflow
-
-    from ml_tasks.serving.champion import ChampionWatcher, watched_alias
-    from ml_tasks.serving.http import FlywheelModelServer
-    from ml_tasks.serving.metrics import store_counts
-    from ml_tasks.serving.predictor import ClassifierModel
-    from ml_tasks.serving.store import IncomingStore
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    lake_uri = args.lake_uri or settings.lake_uri
-    store = None
-    if args.sample_rate > 0:
-        store = IncomingStore(lake_uri, sample_rate=args.sample_rate, max_queue=args.store_queue)
-    max_pixels = args.max_pixels or training_max_pixels()
-    model = ClassifierModel(
-        name,
-        model_uri,
-        store=store,
-        max_batch=args.max_batch,
-        max_image_bytes=args.max_image_bytes,
-        max_pixels=max_pixels,
-        max_request_pixels=args.max_request_pixels or max_pixels,
-        decode_workers=args.decode_workers,
-        torch_threads=args.torch_threads,
-    )
-    alias = watched_alias(model_uri) if args.watch_seconds > 0 else None
-    watcher = None
-    if alias is None:
-        try:
-            model.load()
-        except Exception as exc:  # whatever went wrong, one clear line instead of a traceback
-            events.emit("load_failed", level="error", model_uri=model_uri, error=str(exc))
-            print(f"error: cannot load {model_uri}: {exc}", file=sys.stderr)
-            return 1
-    else:
-        for variable, value in WATCH_MLFLOW_ENV.items():
-            os.environ.setdefault(variable, value)
-        watcher = ChampionWatcher(
-            model, *alias, tracking_uri=settings.tracking_uri, every=args.watch_seconds
-        )
-        watcher.check()  # a champion that exists serves from the first request on
-    # Everything loaded so far lives as long as the server: keep the collector from walking it
-    # again and again (full collections of a heap this size were the p99 outliers).
-    gc.collect()
-    gc.freeze()
-    # KServe skips its logging set-up when anything configured the root logger first (MLflow's
-    # store migrations do): apply it explicitly, so uvicorn's and KServe's lines show.
-    from kserve.logging import KSERVE_LOG_CONFIG, configure_logging
-
-    configure_logging(KSERVE_LOG_CONFIG)
-    server = FlywheelModelServer(
-        host=args.host,
-        http_port=args.http_port,
-        max_request_bytes=args.max_request_bytes,
-        access_log=args.access_log,
-    )
-    events.emit(
-        "serving",
+@app.command(epilog=EPILOG)
+def main_command(
+    model_uri: Annotated[
+        str | None,
+        typer.Option("--model-uri", help="MLflow model URI (default: models:/NAME@champion)"),
+    ] = None,
+    watch_seconds: Annotated[
+        float,
+        typer.Option(
+            "--watch-seconds",
+            min=0.0,
+            help="how often to look the alias of an alias URI up in MLflow and swap in the "
+            "version it names (0: load once at start, and fail when there is none; a version "
+            "URI is never watched)",
+        ),
+    ] = 5.0,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--model-name",
+            help="name in the URL paths (default: the registered model's name, else "
+            "FLYWHEEL_MODEL_NAME)",
+        ),
+    ] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            envvar="FLYWHEEL_SERVE_HOST",
+            help="address to listen on (default: FLYWHEEL_SERVE_HOST or 127.0.0.1, loopback only)",
+        ),
+    ] = DEFAULT_HOST,
+    http_port: Annotated[
+        int, typer.Option("--http-port", help="HTTP port (KServe's default)")
+    ] = DEFAULT_PORT,
+    sample_rate: Annotated[
+        float,
+        typer.Option(
+            "--sample-rate",
+            min=0.0,
+            max=1.0,
+            envvar="FLYWHEEL_SERVE_SAMPLE_RATE",
+            help="share of request images kept in incoming/ (default: "
+            "FLYWHEEL_SERVE_SAMPLE_RATE or 1.0; 0 turns storing off)",
+        ),
+    ] = 1.0,
+    lake_uri: Annotated[
+        str | None,
+        typer.Option("--lake-uri", help="where to keep inputs (default: FLYWHEEL_LAKE_URI)"),
+    ] = None,
+    store_queue: Annotated[
+        int,
+        _count("--store-queue", "images waiting to be written before new ones are dropped"),
+    ] = 1000,
+    max_batch: Annotated[int, _count("--max-batch", "images per request")] = 64,
+    max_image_bytes: Annotated[int, _count("--max-image-bytes", "encoded bytes per image")] = 4
+    * MIB,
+    max_pixels: Annotated[
+        int | None,
+        _count(
+            "--max-pixels", "pixels per decoded image (default: params.yaml prepare.max_pixels)"
+        ),
+    ] = None,
+    max_request_pixels: Annotated[
+        int | None,
+        _count(
+            "--max-request-pixels",
+            "decoded pixels in all the images of one request, checked before decoding "
+            "(default: the --max-pixels of one image)",
+        ),
+    ] = None,
+    decode_workers: Annotated[
+        int,
+        _count("--decode-workers", "processes that decode large images, off the event loop"),
+    ] = 1,
+    max_request_bytes: Annotated[int, _count("--max-request-bytes", "bytes per request body")] = 16
+    * MIB,
+    torch_threads: Annotated[int, _count("--torch-threads", "torch intra-op threads")] = 1,
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="log one line per request")
+    ] = False,
+) -> None:
+    """Serve a registered model with KServe (v1 + v2 REST); keep sampled inputs in the lake's
+    incoming/ prefix for annotation."""
+    options = ServeOptions(
         model_uri=model_uri,
-        model_name=name,
-        model_version=model.version,
-        host=args.host,
-        port=args.http_port,
-        sample_rate=args.sample_rate,
-        lake=lake_uri if store else None,
-        watch_seconds=args.watch_seconds if watcher else None,
-        not_ready_reason=model.not_ready_reason,
+        watch_seconds=watch_seconds,
+        model_name=model_name,
+        host=host,
+        http_port=http_port,
+        sample_rate=sample_rate,
+        lake_uri=lake_uri,
+        store_queue=store_queue,
+        max_batch=max_batch,
+        max_image_bytes=max_image_bytes,
+        max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
+        decode_workers=decode_workers,
+        max_request_bytes=max_request_bytes,
+        torch_threads=torch_threads,
+        access_log=access_log,
     )
-    try:
-        if watcher is not None:
-            watcher.start()
-        server.start([model])
-    finally:
-        if watcher is not None:
-            watcher.stop()
-        model.stop()
-        counts = store_counts()
-        events.emit(
-            "stopped",
-            model_name=name,
-            model_version=model.version,
-            stored=counts["stored"],
-            dropped=counts["dropped"],
-            failed=counts["failed"],
-        )
-    return 0
+    finish(serve(options))
 
+
+main = entry_point(app, "ml_tasks.serve")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,5 +1,6 @@
 """The model service's parts: request parsing, the predictor, the incoming-image store, metrics.
 
-``python -m ml_tasks.serve`` puts them together; see its docstring for the request payloads.
-Importing this package does nothing (KServe, torch and MLflow load inside functions).
+:mod:`ml_tasks.serving.service` puts them together (``python -m ml_tasks.serve``, whose
+docstring gives the request payloads); :mod:`ml_tasks.serving.feeding` plays production traffic
+against it. Importing this package does nothing (KServe, torch and MLflow load inside functions).
 """

@@ -189,17 +189,10 @@ class ChampionWatcher:
 
     def _champion_missing(self) -> None:
         self._registry_answered()
-        if self.model.version is None:
-            self.model.wait_for_model(self.missing_reason)
+        self._explain_while_unserved(self.missing_reason)
         if not self._missing_reported:
             self._missing_reported = True
-            events.emit(
-                "champion_missing",
-                level="warning",
-                model_name=self.model.name,
-                reason=self.missing_reason,
-                serving_version=self.model.version,
-            )
+            self._warn("champion_missing", self.missing_reason)
 
     def _registry_failed(self, exc: Exception) -> None:
         from ml_tasks.model.tracking import is_unreachable
@@ -207,18 +200,25 @@ class ChampionWatcher:
         self.metrics.registry_failures.labels(self.model.name).inc()
         what = "did not answer" if is_unreachable(exc) else "failed"
         reason = f"MLflow at {self.tracking_uri} {what}: {_one_line(exc)}"
-        if self.model.version is None:
-            self.model.wait_for_model(reason)
+        self._explain_while_unserved(reason)
         if not self._registry_failing:
             self._registry_failing = True
-            events.emit(
-                "registry_unreachable",
-                level="warning",
-                model_name=self.model.name,
-                reason=reason,
-                serving_version=self.model.version,
-                retry_seconds=self.every,
-            )
+            self._warn("registry_unreachable", reason, retry_seconds=self.every)
+
+    def _explain_while_unserved(self, reason: str) -> None:
+        """While no version serves, ``reason`` is what readiness and predict answer."""
+        if self.model.version is None:
+            self.model.wait_for_model(reason)
+
+    def _warn(self, event: str, reason: str, **fields: Any) -> None:
+        events.emit(
+            event,
+            level="warning",
+            model_name=self.model.name,
+            reason=reason,
+            serving_version=self.model.version,
+            **fields,
+        )
 
     def _registry_answered(self) -> None:
         if self._registry_failing:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from ml_tasks.core import events
 from ml_tasks.serving.champion import LoadedModel, load_model
 from ml_tasks.serving.decoding import Decoder
+from ml_tasks.serving.incoming import IncomingImage
 from ml_tasks.serving.inputs import (
     OUTPUT_NAMES,
     V2_IMAGE_INPUT,
@@ -44,7 +46,18 @@ from ml_tasks.serving.inputs import (
 )
 from ml_tasks.serving.metrics import serving_metrics
 from ml_tasks.serving.refusals import RefusedInput
-from ml_tasks.serving.store import IncomingImage, IncomingStore
+from ml_tasks.serving.store import IncomingStore
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's predictions, from the model that answered it, under its request id."""
+
+    loaded: LoadedModel
+    labels: list[str]
+    scores: np.ndarray
+    probabilities: np.ndarray
+    request_id: str
 
 
 class ClassifierModel(Model):
@@ -207,60 +220,50 @@ class ClassifierModel(Model):
             probabilities = await loaded.batcher(batch.pixels)
             top = probabilities.argmax(axis=1)
             classes = loaded.classifier.classes
-            labels = [classes[i] for i in top]
-            scores = probabilities[np.arange(len(top)), top]
+            answer = Answer(
+                loaded=loaded,
+                labels=[classes[i] for i in top],
+                scores=probabilities[np.arange(len(top)), top],
+                probabilities=probabilities,
+                request_id=request_id,
+            )
             if self.store is not None:
-                self._keep(loaded, batch, labels, scores, probabilities, request_id)
+                self._keep(batch, answer)
             response = (
-                self._v2_response(loaded, batch, labels, scores, probabilities, request_id)
+                self._v2_response(batch, answer)
                 if batch.protocol == "v2"
-                else self._v1_response(loaded, labels, scores, probabilities, request_id)
+                else self._v1_response(answer)
             )
         except Exception as exc:
             raise self._internal_error(exc, batch.protocol, headers, request_id) from None
-        self.metrics.images.labels(self.name).inc(len(labels))
+        self.metrics.images.labels(self.name).inc(len(answer.labels))
         self.metrics.requests.labels(self.name, batch.protocol, "ok").inc()
         self.metrics.latency.labels(self.name, batch.protocol).observe(
             time.perf_counter() - batch.started
         )
         return response
 
-    def _v1_response(
-        self,
-        loaded: LoadedModel,
-        labels: list[str],
-        scores: np.ndarray,
-        probabilities: np.ndarray,
-        request_id: str,
-    ) -> dict[str, Any]:
-        classes = loaded.classifier.classes
+    def _v1_response(self, answer: Answer) -> dict[str, Any]:
+        classes = answer.loaded.classifier.classes
         predictions = [
             {"label": label, "score": score, "probabilities": dict(zip(classes, row, strict=True))}
             for label, score, row in zip(
-                labels, scores.tolist(), probabilities.tolist(), strict=True
+                answer.labels, answer.scores.tolist(), answer.probabilities.tolist(), strict=True
             )
         ]
         return {
             "predictions": predictions,
             "model_name": self.name,
-            "model_version": loaded.version,
-            "request_id": request_id,
+            "model_version": answer.loaded.version,
+            "request_id": answer.request_id,
         }
 
-    def _v2_response(
-        self,
-        loaded: LoadedModel,
-        batch: Batch,
-        labels: list[str],
-        scores: np.ndarray,
-        probabilities: np.ndarray,
-        request_id: str,
-    ) -> InferResponse:
-        classes = loaded.classifier.classes
+    def _v2_response(self, batch: Batch, answer: Answer) -> InferResponse:
+        classes = answer.loaded.classifier.classes
         tensors = {
-            "label": np.array(labels, dtype=np.object_),
-            "score": scores.astype(np.float32),
-            "probabilities": probabilities.astype(np.float32),
+            "label": np.array(answer.labels, dtype=np.object_),
+            "score": answer.scores.astype(np.float32),
+            "probabilities": answer.probabilities.astype(np.float32),
             "classes": np.array(classes, dtype=np.object_),
         }
         datatypes = {"label": "BYTES", "score": "FP32", "probabilities": "FP32", "classes": "BYTES"}
@@ -274,24 +277,16 @@ class ClassifierModel(Model):
             for name in (batch.outputs or OUTPUT_NAMES)
         ]
         return InferResponse(
-            response_id=batch.request_id or request_id,
+            response_id=batch.request_id or answer.request_id,
             model_name=self.name,
-            model_version=loaded.version,
+            model_version=answer.loaded.version,
             infer_outputs=outputs,
         )
 
-    def _keep(
-        self,
-        loaded: LoadedModel,
-        batch: Batch,
-        labels: list[str],
-        scores: np.ndarray,
-        probabilities: np.ndarray,
-        request_id: str,
-    ) -> None:
+    def _keep(self, batch: Batch, answer: Answer) -> None:
         assert self.store is not None
         received_at: datetime | None = None
-        classes = loaded.classifier.classes
+        classes = answer.loaded.classifier.classes
         for i, source in enumerate(batch.sources):
             if not self.store.sampled():
                 continue
@@ -299,12 +294,12 @@ class ClassifierModel(Model):
             self.store.offer(
                 IncomingImage(
                     source=source,
-                    prediction=labels[i],
-                    score=float(scores[i]),
-                    probabilities=dict(zip(classes, probabilities[i].tolist(), strict=True)),
+                    prediction=answer.labels[i],
+                    score=float(answer.scores[i]),
+                    probabilities=dict(zip(classes, answer.probabilities[i].tolist(), strict=True)),
                     model_name=self.name,
-                    model_version=loaded.version,
-                    request_id=request_id,
+                    model_version=answer.loaded.version,
+                    request_id=answer.request_id,
                     received_at=received_at,
                 )
             )

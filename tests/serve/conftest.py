@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.servers import REPO, free_port, steps_python
+from tests.servers import REPO, free_port, mlflow_server, s3_client, s3_server, steps_python
 from tools.local_servers import running_server
 
 MODEL_NAME = "digits"
@@ -70,6 +70,64 @@ def classifier(registered: RegisteredModel) -> Any:
     mlflow.set_tracking_uri(registered.tracking_uri)
     mlflow.set_registry_uri(registered.tracking_uri)
     return load_classifier(registered.uri)
+
+
+@pytest.fixture(scope="session")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow server for the champion-following tests."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def trained(mlflow_url: str) -> Any:
+    """``tests.serve.champions.Trained``: two models to register under a test's own name."""
+    from tests.serve.champions import train_two
+
+    return train_two(mlflow_url)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def s3(s3_endpoint: str) -> Any:
+    from tests.serve.support import BUCKET
+
+    client = s3_client(s3_endpoint, "test", "test")
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture(scope="session")
+def storing_server(
+    tmp_path_factory: pytest.TempPathFactory, registered: RegisteredModel, s3: Any, s3_endpoint: str
+) -> Iterator[Server]:
+    """One server for the session that stores every input in a local S3 endpoint (moto), with
+    limits small enough to cross (``support.LIMITS``)."""
+    from tests.serve.support import LIMITS, s3_env
+
+    workdir = tmp_path_factory.mktemp("served")
+    with model_server(
+        workdir, registered, *LIMITS, "--sample-rate", "1.0", env=s3_env(s3_endpoint)
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    registered: RegisteredModel,
+) -> Iterator[Server]:
+    """The test module's own server, storing off, started with the module's ``SERVER_ARGS``."""
+    args = getattr(request.module, "SERVER_ARGS", [])
+    workdir = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    with model_server(workdir, registered, "--sample-rate", "0", *args) as running:
+        yield running
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_tasks.feed import transformed_digits
+from ml_tasks.serving.feeding import transformed_digits
 from tests.serve.conftest import RegisteredModel, model_server, wait_until
 from tests.servers import free_port, steps_python
 
@@ -86,7 +86,9 @@ def test_feed_without_a_service_says_how_to_start_one(tmp_path: Path) -> None:
 def test_the_stack_environment_points_feed_at_the_stack_model_service(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ml_tasks.feed import build_parser
+    import typer
+
+    from ml_tasks.feed import app
     from tools import stack
 
     state = {
@@ -98,6 +100,7 @@ def test_the_stack_environment_points_feed_at_the_stack_model_service(
     env = stack.stack_env(state)
     assert env["FLYWHEEL_SERVE_URL"] == "http://127.0.0.1:8085"
     monkeypatch.setenv("FLYWHEEL_SERVE_URL", env["FLYWHEEL_SERVE_URL"])
-    assert build_parser().parse_args([]).url == "http://127.0.0.1:8085"
+    command = typer.main.get_command(app)
+    assert command.make_context("feed", []).params["url"] == "http://127.0.0.1:8085"
     # Started with --no-serve: nothing to point at.
     assert "FLYWHEEL_SERVE_URL" not in stack.stack_env({**state, "model_service": "not requested"})

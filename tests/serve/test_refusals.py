@@ -12,30 +12,20 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 from ml_tasks.data.images import encode_png
-from tests.serve.conftest import MODEL_NAME, RegisteredModel, Server, model_server
-
-V1 = f"/v1/models/{MODEL_NAME}:predict"
-V2 = f"/v2/models/{MODEL_NAME}/infer"
+from tests.serve.conftest import Server
+from tests.serve.support import V1, V2
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, registered: RegisteredModel
-) -> Iterator[Server]:
-    workdir = tmp_path_factory.mktemp("refusals")
-    with model_server(
-        workdir, registered, "--sample-rate", "0", "--max-request-bytes", "100000"
-    ) as running:
-        yield running
+SERVER_ARGS = ["--max-request-bytes", "100000"]  # the module's server (conftest)
 
 
 def _grid(shape: tuple[int, ...], value: Any = 0.5) -> Any:

@@ -12,27 +12,15 @@ import statistics
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from ml_tasks.data.images import encode_png
-from tests.serve.conftest import MODEL_NAME, RegisteredModel, Server, model_server
-
-V1 = f"/v1/models/{MODEL_NAME}:predict"
+from tests.serve.conftest import Server
+from tests.serve.support import V1
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, registered: RegisteredModel
-) -> Iterator[Server]:
-    with model_server(
-        tmp_path_factory.mktemp("large"), registered, "--sample-rate", "0"
-    ) as running:
-        yield running
 
 
 def _blank_png(side: int) -> str:

@@ -15,8 +15,9 @@ import pytest
 
 from ml_tasks.core.lake import LocalLake
 from ml_tasks.data.images import content_hash, encode_png
+from ml_tasks.serving.incoming import IncomingImage, as_png, write_incoming
 from ml_tasks.serving.metrics import serving_metrics
-from ml_tasks.serving.store import IncomingImage, IncomingStore, as_png, write_incoming
+from ml_tasks.serving.store import IncomingStore
 
 WHEN = datetime(2026, 11, 27, 23, 59, 58, 123000, tzinfo=UTC)
 
