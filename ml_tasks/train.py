@@ -20,14 +20,9 @@ from ml_tasks.core.command import ResultPath, command_app, entry_point, report
 from ml_tasks.core.lake import open_lake
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.data.prepared import PreparedData, load_prepared
-from ml_tasks.model.small_champion import digits_data, fit_and_register
 from ml_tasks.model.tracking import RetryBudget, call_tracked
 from ml_tasks.model.training import fit, log_classifier
 from ml_tasks.resolve_dataset import resolve_dataset_version
-
-# Also importable from here, where callers outside the command found them before they moved
-# to ml_tasks.model (tuning's trials patch ``ml_tasks.train.fit``).
-__all__ = ["Trained", "app", "digits_data", "fit", "fit_and_register", "main", "train"]
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def train_two(mlflow_url: str) -> Trained:
     """Two models (1 and 4 epochs, so their answers differ) logged in ``mlflow_url``."""
     from mlflow import MlflowClient
 
-    from ml_tasks.train import digits_data, fit_and_register
+    from ml_tasks.model.small_champion import digits_data, fit_and_register
 
     use_mlflow(mlflow_url)
     data, pixels = digits_data()

@@ -1,8 +1,8 @@
 """A model trained and registered in the test, and the real model server run on it.
 
-The model comes from MLflow as in production: trained with ``ml_tasks.train.fit`` on the real
-8x8 digits, logged with ``mlflow.pytorch`` the way ``ml_tasks/train.py`` logs it (pickle
-format, classes and image size in the metadata), registered as ``digits`` with the alias
+The model comes from MLflow as in production: trained with ``ml_tasks.model.training.fit`` on
+the real 8x8 digits, logged with ``mlflow.pytorch`` the way the train step logs it (pickle format,
+classes and image size in the metadata), registered as ``digits`` with the alias
 ``champion`` in a SQLite store; the server subprocess loads ``models:/digits@champion``.
 """
 
@@ -41,7 +41,7 @@ class RegisteredModel:
 
 def train_and_register(root: Path, epochs: int = 4) -> RegisteredModel:
     """Fit a small CNN on the digits and register it as ``digits@champion`` under ``root``."""
-    from bench.models import register_digits
+    from ml_tasks.model.small_champion import register_digits
 
     champion = register_digits(
         root, MODEL_NAME, "serve-tests", epochs=epochs, channels=8, hidden=32
