@@ -2,11 +2,11 @@
 
 ``create`` makes the study (RDB storage, see :func:`ml_tasks.model.tuning.storage_url`) and its
 MLflow parent run; any number of ``worker`` processes then run trials until the study holds
-``--n-trials`` (claimed under a lock, so never more); ``finish`` puts the best params and value
-and the plots on the parent run and writes the best params to the lake. ``run`` does all three
-in one process. Each trial trains through :func:`ml_tasks.model.training.fit`, reports every
-epoch to the pruner, and is an MLflow child run whose status and ``flywheel.tuning.state`` tag
-say COMPLETE, PRUNED or FAIL. A worker that dies stops its trial's heartbeat: the next worker (or ``finish``)
+``--n-trials`` (claimed under a lock, so never more); ``finish`` puts the best params and value and
+the plots on the parent run and writes the best params to the lake. ``run`` does all three in one
+process. Each trial trains through :func:`ml_tasks.model.training.fit`, reports every epoch to the
+pruner, and is an MLflow child run whose status and ``flywheel.tuning.state`` tag say COMPLETE,
+PRUNED or FAIL. A worker that dies stops its trial's heartbeat: the next worker (or ``finish``)
 marks that trial and its MLflow run failed. The library is :mod:`ml_tasks.model.tune_study`
 (create, workers, trials) and :mod:`ml_tasks.model.tune_report` (finish).
 """
