@@ -14,7 +14,6 @@ Usage errors exit 2 (:mod:`ml_tasks.core.command`); a crash exits 1 and may be r
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -65,26 +64,8 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type for counts and limits: a usage error (exit 2) names the bad value."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
 def default_result_path() -> Path | None:
     return POD_RESULT_PATH if POD_RESULT_PATH.parent.is_dir() else None
-
-
-def add_result_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--result-path",
-        type=Path,
-        default=default_result_path(),
-        help="where to write the step's JSON result (default: /airflow/xcom/return.json in a "
-        "pod, else none: the result is printed on stdout)",
-    )
 
 
 def run_step(
