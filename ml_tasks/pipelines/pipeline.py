@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ml_tasks.core import cluster
 from ml_tasks.pipelines import components
 
 TRAINING = "flywheel-training"
@@ -42,28 +43,15 @@ SECRET_KEYS = {
 }
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
 @dataclass(frozen=True)
 class ImageSettings:
     """The image the components run in and the Kubernetes objects they use."""
 
-    image: str = field(
-        default_factory=lambda: _env(
-            "FLYWHEEL_STEPS_IMAGE",
-            f"harbor.flywheel.local/flywheel/steps:{_env('FLYWHEEL_IMAGE_TAG', '0.1.0')}",
-        )
-    )
-    pull_secret: str = field(
-        default_factory=lambda: _env("FLYWHEEL_IMAGE_PULL_SECRET", "harbor-pull")
-    )
-    mlflow_secret: str = field(
-        default_factory=lambda: _env("FLYWHEEL_MLFLOW_SECRET", "flywheel-mlflow")
-    )
-    s3_secret: str = field(default_factory=lambda: _env("FLYWHEEL_S3_SECRET", "flywheel-s3"))
-    config_map: str = field(default_factory=lambda: _env("FLYWHEEL_CONFIG_MAP", "flywheel-config"))
+    image: str = field(default_factory=cluster.steps_image)
+    pull_secret: str = field(default_factory=cluster.image_pull_secret)
+    mlflow_secret: str = field(default_factory=cluster.mlflow_secret)
+    s3_secret: str = field(default_factory=cluster.s3_secret)
+    config_map: str = field(default_factory=cluster.config_map)
 
 
 def kubernetes_config(s: ImageSettings) -> dict[str, Any]:

@@ -21,12 +21,12 @@ local backend. Deploying waits for KServe first (:mod:`flywheel_airflow.backends
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flywheel_airflow.invocation import airflow_env, step_command
+from ml_tasks.core import cluster
 from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 
 if TYPE_CHECKING:
@@ -47,44 +47,36 @@ DEFAULT_RESOURCES = {
 }
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
 @dataclass(frozen=True)
 class PodSettings:
     """Where and how step pods run; every field has an environment variable."""
 
-    namespace: str = field(default_factory=lambda: _env("FLYWHEEL_STEPS_NAMESPACE", "flywheel"))
-    image: str = field(
-        default_factory=lambda: _env(
-            "FLYWHEEL_STEPS_IMAGE",
-            f"harbor.flywheel.local/flywheel/steps:{_env('FLYWHEEL_IMAGE_TAG', '0.1.0')}",
-        )
+    namespace: str = field(
+        default_factory=lambda: cluster.env_or("FLYWHEEL_STEPS_NAMESPACE", "flywheel")
     )
-    image_pull_secret: str = field(
-        default_factory=lambda: _env("FLYWHEEL_IMAGE_PULL_SECRET", "harbor-pull")
-    )
+    image: str = field(default_factory=cluster.steps_image)
+    image_pull_secret: str = field(default_factory=cluster.image_pull_secret)
     secrets: tuple[str, ...] = field(
-        default_factory=lambda: (
-            _env("FLYWHEEL_MLFLOW_SECRET", "flywheel-mlflow"),
-            _env("FLYWHEEL_S3_SECRET", "flywheel-s3"),
-        )
+        default_factory=lambda: (cluster.mlflow_secret(), cluster.s3_secret())
     )
-    config_map: str = field(default_factory=lambda: _env("FLYWHEEL_CONFIG_MAP", "flywheel-config"))
+    config_map: str = field(default_factory=cluster.config_map)
     service_account: str = field(
-        default_factory=lambda: _env("FLYWHEEL_STEPS_SERVICE_ACCOUNT", "flywheel-steps")
+        default_factory=lambda: cluster.env_or("FLYWHEEL_STEPS_SERVICE_ACCOUNT", "flywheel-steps")
     )
     kubernetes_conn_id: str = field(
-        default_factory=lambda: _env("FLYWHEEL_KUBERNETES_CONN_ID", "kubernetes_default")
+        default_factory=lambda: cluster.env_or("FLYWHEEL_KUBERNETES_CONN_ID", "kubernetes_default")
     )
     # The XCom sidecar only needs a shell: the steps image (from the registry, already on the
     # node for the step) rather than the provider's default, alpine from Docker Hub.
-    xcom_sidecar_image: str = field(default_factory=lambda: _env("FLYWHEEL_XCOM_SIDECAR_IMAGE", ""))
-    label_studio_secret: str = field(
-        default_factory=lambda: _env("FLYWHEEL_LABEL_STUDIO_SECRET", "label-studio-admin")
+    xcom_sidecar_image: str = field(
+        default_factory=lambda: cluster.env_or("FLYWHEEL_XCOM_SIDECAR_IMAGE", "")
     )
-    git_secret: str = field(default_factory=lambda: _env("FLYWHEEL_GIT_SECRET", "flywheel-git"))
+    label_studio_secret: str = field(
+        default_factory=lambda: cluster.env_or("FLYWHEEL_LABEL_STUDIO_SECRET", "label-studio-admin")
+    )
+    git_secret: str = field(
+        default_factory=lambda: cluster.env_or("FLYWHEEL_GIT_SECRET", "flywheel-git")
+    )
 
 
 def step_secrets(step: str, s: PodSettings) -> tuple[list[Any], list[Any]]:
