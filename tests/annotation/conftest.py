@@ -25,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from annotation_support import AWS, MODEL_NAME, REPO, Loop, run_helper
-from servers import mlflow_server, s3_server, steps_python
+from servers import s3_server, steps_python
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +58,6 @@ def label_studio(
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     with s3_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.servers import REPO, free_port, mlflow_server, s3_client, s3_server, steps_python
+from tests.servers import REPO, free_port, s3_client, s3_server, steps_python
 from tools.local_servers import running_server
 
 MODEL_NAME = "digits"
@@ -70,13 +70,6 @@ def classifier(registered: RegisteredModel) -> Any:
     mlflow.set_tracking_uri(registered.tracking_uri)
     mlflow.set_registry_uri(registered.tracking_uri)
     return load_classifier(registered.uri)
-
-
-@pytest.fixture(scope="session")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow server for the champion-following tests."""
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
 
 
 @pytest.fixture(scope="session")

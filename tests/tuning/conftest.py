@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.servers import mlflow_server
 from tools.local_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,12 +89,6 @@ def postgres() -> Iterator[str]:
             yield url
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False)
-
-
-@pytest.fixture(scope="session")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
 
 
 def tune_command(*args: str) -> list[str]:
