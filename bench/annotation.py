@@ -24,7 +24,6 @@ The ratio is throughput over that baseline.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -65,30 +64,30 @@ def train_champion(model_name: str, artifacts: Path) -> str:
     return version
 
 
-def put_incoming(s3: Any, count: int, seed: int) -> None:
+def put_incoming(count: int, seed: int) -> None:
+    """``count`` distinct images in the lake's ``incoming/``, written as the model service does."""
     import numpy as np
 
-    from ml_tasks.data.images import content_hash, encode_png
+    from ml_tasks.core.lake import open_lake
+    from ml_tasks.serving.incoming import IncomingImage, write_incoming
 
+    lake = open_lake(f"s3://{BUCKET}")
     rng = np.random.default_rng(seed)
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
 
     def put(i: int) -> None:
         image = rng.integers(0, 255, size=(8, 8), dtype=np.uint8)
         image[0, 0], image[0, 1], image[0, 2] = i % 251, (i // 251) % 251, seed % 251
-        data = encode_png(image)
-        digest = content_hash(data)
-        key = f"incoming/{day}/{digest[:16]}.png"
-        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
-        sidecar = {
-            "content_hash": digest,
-            "prediction": "0",
-            "score": 0.5,
-            "image_key": key,
-            "received_at": datetime.now(UTC).isoformat(),
-            "model_version": "1",
-        }
-        s3.put_object(Bucket=BUCKET, Key=key[:-4] + ".json", Body=json.dumps(sidecar).encode())
+        served = IncomingImage(
+            source=image.astype(np.float32) / 255.0,
+            prediction="0",
+            score=0.5,
+            probabilities={"0": 0.5},
+            model_name="bench-digits",
+            model_version="1",
+            request_id=f"bench-{seed}-{i}",
+            received_at=datetime.now(UTC),
+        )
+        write_incoming(lake, served)
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, range(count)))
@@ -244,9 +243,9 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
             train_champion("bench-digits", root / "mlartifacts")
             lss.wait_until_up(server.url, 300)
-            put_incoming(s3, count, seed=1)
+            put_incoming(count, seed=1)
             steps_seconds = run_steps("bench-steps", count)
-            put_incoming(s3, count, seed=2)
+            put_incoming(count, seed=2)
             warm_seconds = run_warm("bench-warm", count)
             s3_rate = s3_requests_per_second(s3)
             naive_seconds = naive_tasks(server.url, server.token, naive_count)

@@ -90,35 +90,25 @@ def make_repo(path: Path, bucket: str, base_images: int) -> None:
 
 
 def incoming(bucket: str, count: int, seed: int, model_version: str) -> None:
-    """Images + sidecars in ``incoming/<date>/`` exactly as the model service stores them."""
-    import boto3
+    """Images + sidecars in ``incoming/<date>/``, written by the model service's own writer."""
+    from ml_tasks.core.lake import open_lake
+    from ml_tasks.serving.incoming import IncomingImage, write_incoming
 
-    from ml_tasks.data.images import content_hash, encode_png
-
-    s3 = boto3.client("s3")
+    lake = open_lake(f"s3://{bucket}")
     pixels, labels = synthetic_pixels(count, seed=seed)
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
     written = []
     for image, label in zip(pixels, labels, strict=True):
-        data = encode_png(image)
-        digest = content_hash(data)
-        key = f"incoming/{day}/{digest[:16]}.png"
-        s3.put_object(Bucket=bucket, Key=key, Body=data)
-        sidecar = {
-            "content_hash": digest,
-            "prediction": str(label),
-            "score": 0.9,
-            "probabilities": {str(label): 0.9},
-            "model_name": "digits",
-            "model_version": model_version,
-            "request_id": digest[:8],
-            "received_at": datetime.now(UTC).isoformat(),
-            "image_key": key,
-        }
-        s3.put_object(
-            Bucket=bucket, Key=key.removesuffix(".png") + ".json", Body=json.dumps(sidecar).encode()
+        served = IncomingImage(
+            source=image.astype(np.float32) / 255.0,
+            prediction=str(label),
+            score=0.9,
+            probabilities={str(label): 0.9},
+            model_name="digits",
+            model_version=model_version,
+            request_id=f"{seed}-{len(written)}",
+            received_at=datetime.now(UTC),
         )
-        written.append(key)
+        written.append(write_incoming(lake, served))
     print(json.dumps(written))
 
 
