@@ -17,6 +17,7 @@ from pathlib import Path
 from flywheel_airflow.invocation import steps_python
 from flywheel_airflow.rest_api import API_CONN_ID
 
+from tools.airflow_home import airflow_home_settings
 from tools.local_servers import free_port, running_server
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
@@ -40,11 +41,7 @@ def airflow_env(
     env = dict(base if base is not None else os.environ)
     env.update(
         {
-            "AIRFLOW_HOME": str(airflow_home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(CODE_ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(CODE_ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            **airflow_home_settings(airflow_home),
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(

@@ -24,8 +24,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from annotation_support import AWS, MODEL_NAME, REPO, Loop, run_helper
+from annotation_support import AWS, MODEL_NAME, Loop, run_helper
 from servers import s3_server, steps_python
+
+from tools.airflow_home import airflow_home_settings
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +82,7 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     home = tmp_path_factory.mktemp("airflow-home")
     env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        # dag.test() writes every DAG of the folder: training's timetable is a plugin's
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        **airflow_home_settings(home),
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
     }

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from tools.airflow_home import airflow_home_settings
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -63,11 +65,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="flywheel-render-pod-"))
     os.environ.update(
         {
-            "AIRFLOW_HOME": str(home / "airflow"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            **airflow_home_settings(home / "airflow"),
             "FLYWHEEL_HOME": str(home / "flywheel"),
         }
     )

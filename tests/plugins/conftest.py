@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.airflow_home import airflow_home_settings
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins"))
 _HOME: list[Path] = []
@@ -26,11 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _HOME.append(home)
     os.environ.update(
         {
-            "AIRFLOW_HOME": str(home / "airflow"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            **airflow_home_settings(home / "airflow"),
             "FLYWHEEL_HOME": str(home / "flywheel"),
         }
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ml_tasks.core.settings import load_settings
+from tools.airflow_home import airflow_home_settings
 
 IMAGES = ("steps", "serve")
 
@@ -122,12 +123,8 @@ def stack_env(state: dict[str, Any]) -> dict[str, str]:
         "LABEL_STUDIO_API_KEY": state["label_studio"]["token"],
         "FLYWHEEL_STEPS_PYTHON": venv_bin("steps", "python"),
         "FLYWHEEL_APPROVERS": f"{APPROVER}:Approver",
-        "AIRFLOW_HOME": str(airflow_home()),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(CODE_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(CODE_ROOT / "plugins"),  # training's timetable
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **airflow_home_settings(airflow_home()),
         "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home() / 'airflow.db'}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
             f"{user}:{role}" for user, (role, _) in USERS.items()
         ),
