@@ -22,21 +22,21 @@ help:  ## list the targets
 
 # A venv is (re)built when its lock changes; the repository joins it through a .pth file, so
 # code edits need no reinstall.
+# $(call venv,FOLDER,LOCK): a virtualenv at FOLDER from LOCK, with the repository on its path.
+define venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install $(PIP_FLAGS) $(PIP_VERSION)
+	$(1)/bin/python -m pip install $(PIP_FLAGS) -r $(2)
+	$(1)/bin/python -m pip check
+	$(1)/bin/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'flywheel.pth').write_text('$(CURDIR)\n$(CURDIR)/plugins\n')"
+	touch $(1)/.installed
+endef
+
 $(STEPS)/.installed: requirements/steps.lock
-	$(PYTHON) -m venv $(STEPS)
-	$(STEPS_PY) -m pip install $(PIP_FLAGS) $(PIP_VERSION)
-	$(STEPS_PY) -m pip install $(PIP_FLAGS) -r requirements/steps.lock
-	$(STEPS_PY) -m pip check
-	$(STEPS_PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'flywheel.pth').write_text('$(CURDIR)\n$(CURDIR)/plugins\n')"
-	touch $@
+	$(call venv,$(STEPS),$<)
 
 $(ORCH)/.installed: requirements/orchestrator.lock
-	$(PYTHON) -m venv $(ORCH)
-	$(ORCH_PY) -m pip install $(PIP_FLAGS) $(PIP_VERSION)
-	$(ORCH_PY) -m pip install $(PIP_FLAGS) -r requirements/orchestrator.lock
-	$(ORCH_PY) -m pip check
-	$(ORCH_PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'flywheel.pth').write_text('$(CURDIR)\n$(CURDIR)/plugins\n')"
-	touch $@
+	$(call venv,$(ORCH),$<)
 
 # Label Studio pins Django and friends: it gets a virtualenv of its own (tests, local stack).
 $(VENVS)/label-studio/.installed: requirements/label-studio.lock
