@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from ml_tasks.core import events
-from ml_tasks.core.command import ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import DatasetVersion, ResultPath, command_app, entry_point, report
 from ml_tasks.core.lake import open_lake
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.core.step import StepError
@@ -172,10 +170,7 @@ app = command_app()
 
 @app.command()
 def checks(
-    dataset_version: Annotated[
-        str | None,
-        typer.Option(help="the prepared version to check (default: the work tree's)"),
-    ] = None,
+    dataset_version: DatasetVersion = None,
     result_path: ResultPath = None,
 ) -> None:
     """Run the Great Expectations data checks on a prepared dataset version."""

@@ -35,7 +35,7 @@ from typing import Annotated
 
 import typer
 
-from ml_tasks.core.command import ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import CallerRunId, ResultPath, command_app, entry_point, report
 from ml_tasks.core.exit_codes import EXIT_STEP_ERROR
 from ml_tasks.core.settings import load_settings
 from ml_tasks.core.step import StepError, StepResult
@@ -57,7 +57,6 @@ ModelVersion = Annotated[
 CanaryPercent = Annotated[
     int | None, typer.Option(help="send this share of traffic to the new version first")
 ]
-CallerRunId = Annotated[str | None, typer.Option(help="the orchestrator's run id")]
 
 app = command_app(
     help="Deploy: make an approved model version the champion, or record its rejection."

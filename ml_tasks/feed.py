@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from ml_tasks.core.command import ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import NoProgress, ResultPath, command_app, entry_point, report
 from ml_tasks.serving.feeding import DEFAULT_URL, feed
 
 app = command_app()
@@ -48,7 +48,7 @@ def main_command(
     count: Annotated[int, typer.Option("--count", min=1, help="images to send")] = 100,
     batch: Annotated[int, typer.Option("--batch", min=1, help="images per request")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="which digits and transforms")] = 0,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+    no_progress: NoProgress = False,
     result_path: ResultPath = None,
 ) -> None:
     """Send real, lightly transformed handwritten digits through the model service, as

@@ -27,7 +27,14 @@ from typing import Annotated, Any
 import typer
 
 from ml_tasks.core import events
-from ml_tasks.core.command import ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import (
+    DatasetVersion,
+    NoProgress,
+    ResultPath,
+    command_app,
+    entry_point,
+    report,
+)
 from ml_tasks.core.lake import open_lake
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.core.step import StepError
@@ -150,17 +157,12 @@ app = command_app()
     "remote. Unusable files go to quarantine/prepare/ with a reason."
 )
 def prepare_command(
-    dataset_version: Annotated[
-        str | None,
-        typer.Option(help="DVC hash of data/images (default: the work tree's)"),
-    ] = None,
+    dataset_version: DatasetVersion = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(help="prepare a plain folder of <class>/<image> instead"),
     ] = None,
-    no_progress: Annotated[
-        bool, typer.Option("--no-progress", help="hide the progress bar")
-    ] = False,
+    no_progress: NoProgress = False,
     result_path: ResultPath = None,
 ) -> None:
     """Decode, check and split a dataset version into prepared/<version>/."""

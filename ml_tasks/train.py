@@ -16,7 +16,15 @@ from typing import Annotated, Any
 import typer
 
 from ml_tasks.core import events
-from ml_tasks.core.command import ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import (
+    CallerRunId,
+    DatasetVersion,
+    NoProgress,
+    ResultPath,
+    command_app,
+    entry_point,
+    report,
+)
 from ml_tasks.core.lake import open_lake
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.data.prepared import PreparedData, load_prepared
@@ -153,19 +161,12 @@ HYPERPARAMETERS = "hyperparameters (default: params.yaml train:)"
     f"{RetryBudget.from_env().describe()}; set those variables to change it."
 )
 def train_command(
-    dataset_version: Annotated[
-        str | None,
-        typer.Option(help="the prepared version to train on (default: the work tree's)"),
-    ] = None,
-    caller_run_id: Annotated[
-        str | None, typer.Option(help="the orchestrator's run id, kept as a lineage tag")
-    ] = None,
+    dataset_version: DatasetVersion = None,
+    caller_run_id: CallerRunId = None,
     logical_date: Annotated[
         str | None, typer.Option(help="the data interval this run stands for (backfills)")
     ] = None,
-    no_progress: Annotated[
-        bool, typer.Option("--no-progress", help="hide the progress bar")
-    ] = False,
+    no_progress: NoProgress = False,
     use_best_params: Annotated[
         bool,
         typer.Option(

@@ -20,7 +20,15 @@ from typing import Annotated, Any
 
 import typer
 
-from ml_tasks.core.command import ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import (
+    CallerRunId,
+    DatasetVersion,
+    NoProgress,
+    ResultPath,
+    command_app,
+    entry_point,
+    report,
+)
 from ml_tasks.core.settings import Settings, load_settings
 from ml_tasks.core.step import StepResult
 from ml_tasks.model import tune_report, tune_study
@@ -30,15 +38,10 @@ from ml_tasks.resolve_dataset import resolve_dataset_version
 Study = Annotated[str | None, typer.Option(help="study name (default: model-version-time)")]
 NamedStudy = Annotated[str, typer.Option(help="study name", show_default=False)]
 Storage = Annotated[str | None, typer.Option(help="Optuna storage URL (default: see below)")]
-DatasetVersion = Annotated[
-    str | None, typer.Option(help="prepared version (default: the work tree's)")
-]
-CallerRunId = Annotated[str | None, typer.Option(help="the orchestrator's run id (lineage tag)")]
 NTrials = Annotated[int | None, typer.Option(min=1, help="trials in the study (default: params)")]
 Timeout = Annotated[float | None, typer.Option(help="start no trial after this many seconds")]
 WorkerIndex = Annotated[int, typer.Option(help="offsets the sampler seed")]
 Threads = Annotated[int, typer.Option(help="torch threads")]
-NoProgress = Annotated[bool, typer.Option("--no-progress", help="hide the progress bar")]
 
 EPILOG = (
     "Storage: --storage, else FLYWHEEL_OPTUNA_STORAGE, else the Airflow Connection "

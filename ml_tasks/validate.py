@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from ml_tasks.core import events
-from ml_tasks.core.command import ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import CallerRunId, ResultPath, command_app, entry_point, report
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.core.step import StepError
 from ml_tasks.model.tracking import call_tracked
@@ -211,9 +211,7 @@ def validate_command(
             help="register when the floors pass even if it does not beat the incumbent",
         ),
     ] = False,
-    caller_run_id: Annotated[
-        str | None, typer.Option(help="the orchestrator's run id, kept as a lineage tag")
-    ] = None,
+    caller_run_id: CallerRunId = None,
     evaluate_only: Annotated[
         bool,
         typer.Option(

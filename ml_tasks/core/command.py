@@ -27,6 +27,19 @@ ResultPath = Annotated[
     ),
 ]
 
+# Options several commands share, declared once (the parameter's name gives the flag).
+DatasetVersion = Annotated[
+    str | None,
+    typer.Option(
+        help="the dataset version (default: the one data/images.dvc records in the work tree)",
+        show_default=False,
+    ),
+]
+CallerRunId = Annotated[
+    str | None, typer.Option(help="the orchestrator's run id, kept as a lineage tag")
+]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="hide the progress bar")]
+
 
 def command_app(help: str | None = None, *, epilog: str | None = None) -> typer.Typer:
     """A Typer app with Flywheel's settings: no shell-completion options, plain tracebacks.

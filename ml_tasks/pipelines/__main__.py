@@ -9,11 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ml_tasks.core.command import command_app, entry_point, finish
+from ml_tasks.core.command import DatasetVersion, command_app, entry_point, finish
 
-DatasetVersion = Annotated[
-    str | None, typer.Option(help="default: the work tree's (data/images.dvc)", show_default=False)
-]
 Epochs = Annotated[int | None, typer.Option(min=1, help="default: params.yaml", show_default=False)]
 LearningRate = Annotated[
     float | None, typer.Option(help="default: params.yaml", show_default=False)
