@@ -45,7 +45,7 @@ def main() -> int:
     names = sorted(
         m.name
         for m in pkgutil.iter_modules([str(HERE)])
-        if m.name not in {"table", "checkout", "models"} and not m.name.startswith("_")
+        if m.name not in {"table", "checkout"} and not m.name.startswith("_")
     )
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {names})")

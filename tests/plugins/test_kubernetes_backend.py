@@ -200,6 +200,16 @@ def test_deploy_renders_its_typed_fields_as_the_promote_command() -> None:
     assert deploy_op(" 12 ").model_version == 12
 
 
+@pytest.mark.parametrize("nobody", ["", " ", "None"])
+def test_deploy_without_an_approver_fails_without_retry(nobody: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+    from flywheel_airflow.operators.deploy import DeployOperator
+
+    op = DeployOperator(task_id="deploy", model_version="7", approved_by=nobody)
+    with pytest.raises(AirflowFailException, match="no approver"):
+        op.render_template_fields({"run_id": "r"})
+
+
 @pytest.mark.parametrize("unregistered", ["", "None", "0", "v7"])
 def test_deploy_without_a_registered_version_fails_without_retry(unregistered: str) -> None:
     from airflow.sdk.exceptions import AirflowFailException

@@ -31,6 +31,16 @@ def model_version_number(value: object) -> int:
     return int(text)
 
 
+def approver(value: object) -> str:
+    """Who approved the deploy, from a rendered template: a promote without one is refused."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    text = str(value or "").strip()
+    if not text or text == "None":
+        raise AirflowFailException("no approver recorded for this deploy: nothing to deploy")
+    return text
+
+
 class DeployOperator(StepOperator):
     """Promote ``model_version`` to champion, approved by ``approved_by`` (both templated)."""
 
@@ -55,7 +65,8 @@ class DeployOperator(StepOperator):
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
         self.model_version = model_version_number(self.model_version)
-        self.arguments = [a for a in self.promote_arguments() if a != ""]
+        self.approved_by = approver(self.approved_by)
+        self.arguments = self.promote_arguments()
 
     def promote_arguments(self) -> list[str]:
         """``deploy promote``'s command line, from the typed fields."""
