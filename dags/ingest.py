@@ -17,12 +17,11 @@ Connections: `flywheel_s3` (aws), optional `flywheel_git` (login + token).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import dag, task
 from flywheel_airflow.assets import dataset_asset
-from flywheel_airflow.dag_defaults import DEFAULT_ARGS
+from flywheel_airflow.dag_defaults import flywheel_dag_args
 from flywheel_airflow.operators.connected_step import ConnectedStepOperator
 
 DATASET = dataset_asset()
@@ -30,13 +29,9 @@ DATASET = dataset_asset()
 
 @dag(
     dag_id="flywheel_ingest",
-    doc_md=__doc__,
-    start_date=datetime(2025, 1, 1, tzinfo=UTC),
     schedule="@hourly",
-    catchup=False,
     max_active_runs=1,  # one writer of the dataset and the git history at a time
-    tags=["flywheel", "annotation", "dataset"],
-    default_args=DEFAULT_ARGS,
+    **flywheel_dag_args(__doc__, "annotation", "dataset"),
 )
 def flywheel_ingest() -> None:
     ingest_annotations = ConnectedStepOperator(

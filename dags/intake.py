@@ -18,10 +18,10 @@ lake's endpoint and keys) and `flywheel_label_studio` (http, host = URL, passwor
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import Param, dag
-from flywheel_airflow.dag_defaults import DEFAULT_ARGS
+from flywheel_airflow.dag_defaults import flywheel_dag_args
 from flywheel_airflow.operators.connected_step import ConnectedStepOperator
 from flywheel_airflow.sensors.incoming import IncomingImagesSensor
 
@@ -32,12 +32,8 @@ BATCH = ["--run-id", "{{ run_id }}"]
 
 @dag(
     dag_id="flywheel_intake",
-    doc_md=__doc__,
-    start_date=datetime(2025, 1, 1, tzinfo=UTC),
     schedule=timedelta(minutes=30),
-    catchup=False,
     max_active_runs=2,  # overlapping runs are safe: each image is claimed once
-    tags=["flywheel", "annotation"],
     params={
         "min_images": Param(
             100, type="integer", minimum=1, description="start when at least this many images wait"
@@ -49,7 +45,7 @@ BATCH = ["--run-id", "{{ run_id }}"]
             60, type="number", minimum=0.1, description="seconds between checks while waiting"
         ),
     },
-    default_args=DEFAULT_ARGS,
+    **flywheel_dag_args(__doc__, "annotation"),
 )
 def flywheel_intake() -> None:
     wait_for_images = IncomingImagesSensor(

@@ -26,14 +26,18 @@ approves, deploys it:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import AssetOrTimeSchedule, Param, dag, task
 from flywheel_airflow.arguments import MACROS
 from flywheel_airflow.assets import dataset_asset
-from flywheel_airflow.dag_defaults import DEFAULT_ARGS
+from flywheel_airflow.dag_defaults import (
+    dataset_version_param,
+    flywheel_dag_args,
+    optional_param,
+)
 from flywheel_airflow.gates import (
     AWAIT_APPROVAL,
     BACKFILL_KEEPS_CHAMPION,
@@ -64,50 +68,34 @@ REJECTED_BY = "{{ approval_responder(ti, approved=False) }}"
         timetable=NightlySchedule("0 2 * * *", timezone="UTC"),  # type: ignore[arg-type]
         assets=dataset_asset(),
     ),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
-    catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
     dagrun_timeout=timedelta(days=2),
-    tags=["flywheel", "training", "mlops"],
-    doc_md=__doc__,
     user_defined_macros={
         **MACROS,
         "is_backfill": is_backfill,
         "approval_responder": approval_responder,
         "rejection_reason": rejection_reason,
     },
+    **flywheel_dag_args(__doc__, "training", "mlops"),
     params={
-        "epochs": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            maximum=500,
-            description="training epochs (empty: params.yaml)",
+        "epochs": optional_param(
+            "integer", "training epochs (empty: params.yaml)", minimum=1, maximum=500
         ),
-        "learning_rate": Param(
-            None,
-            type=["null", "number"],
-            exclusiveMinimum=0,
-            maximum=1,
-            description="learning rate (empty: params.yaml)",
+        "learning_rate": optional_param(
+            "number", "learning rate (empty: params.yaml)", exclusiveMinimum=0, maximum=1
         ),
-        "min_improvement": Param(
-            None,
-            type=["null", "number"],
+        "min_improvement": optional_param(
+            "number",
+            "accuracy gain over the champion needed to register (empty: params.yaml)",
             minimum=0,
             maximum=1,
-            description="accuracy gain over the champion needed to register (empty: params.yaml)",
         ),
         "force_register": Param(
             False, type="boolean", description="register when the floors pass, even if not better"
         ),
-        "dataset_version": Param(
-            None,
-            type=["null", "string"],
-            pattern="^[0-9a-f]{6,64}$",
-            description="train on this dataset version (empty: current, or "
-            "the one current at the logical date for backfills)",
+        "dataset_version": dataset_version_param(
+            "train on this dataset version (empty: current, or the one current at the logical "
+            "date for backfills)"
         ),
         "use_best_params": Param(
             False,

@@ -20,12 +20,16 @@ params to the lake) → `summary` (the run note: the best trial, with MLflow lin
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
 from flywheel_airflow.arguments import MACROS
-from flywheel_airflow.dag_defaults import DEFAULT_ARGS
+from flywheel_airflow.dag_defaults import (
+    dataset_version_param,
+    flywheel_dag_args,
+    optional_param,
+)
 from flywheel_airflow.operators.step import StepOperator
 
 DATASET = "{{ ti.xcom_pull(task_ids='resolve_dataset')['dataset_version'] }}"
@@ -34,28 +38,18 @@ DATASET = "{{ ti.xcom_pull(task_ids='resolve_dataset')['dataset_version'] }}"
 @dag(
     dag_id="tuning",
     schedule="0 3 * * 0",
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
-    catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
     dagrun_timeout=timedelta(days=1),
-    tags=["flywheel", "tuning", "mlops"],
-    doc_md=__doc__,
+    **flywheel_dag_args(__doc__, "tuning", "mlops"),
     user_defined_macros=MACROS,
     params={
         "trials": Param(20, type="integer", minimum=1, maximum=1000, description="trials in all"),
         "workers": Param(2, type="integer", minimum=1, maximum=64, description="parallel workers"),
-        "timeout": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            description="seconds after which workers start no new trial (empty: none)",
+        "timeout": optional_param(
+            "integer", "seconds after which workers start no new trial (empty: none)", minimum=1
         ),
-        "dataset_version": Param(
-            None,
-            type=["null", "string"],
-            pattern="^[0-9a-f]{6,64}$",
-            description="tune on this dataset version (empty: the current one)",
+        "dataset_version": dataset_version_param(
+            "tune on this dataset version (empty: the current one)"
         ),
     },
 )

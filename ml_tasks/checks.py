@@ -16,8 +16,9 @@ import json
 from typing import Any
 
 from ml_tasks.core import events
-from ml_tasks.core.command import DatasetVersion, ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import command_app, entry_point, report
 from ml_tasks.core.lake import open_lake
+from ml_tasks.core.options import DatasetVersion, ResultPath
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.core.step import StepError
 from ml_tasks.data.prepared import prepared_prefix
@@ -179,7 +180,7 @@ def checks(
         "checks",
         lambda: check(settings, resolve_dataset_version(dataset_version)),
         result_path=result_path,
-        context={"dataset_version": dataset_version},
+        dataset_version=dataset_version,
     )
 
 

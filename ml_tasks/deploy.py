@@ -35,8 +35,9 @@ from typing import Annotated
 
 import typer
 
-from ml_tasks.core.command import CallerRunId, ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import command_app, entry_point, report
 from ml_tasks.core.exit_codes import EXIT_STEP_ERROR
+from ml_tasks.core.options import CallerRunId, ResultPath
 from ml_tasks.core.settings import load_settings
 from ml_tasks.core.step import StepError, StepResult
 from ml_tasks.model import approval
@@ -74,7 +75,7 @@ def run_deploy(
         "deploy",
         lambda: call_tracked(settings, lambda: action(settings, *version)),
         result_path=result_path,
-        context={"model_version": model_version},
+        model_version=model_version,
     )
 
 

@@ -21,7 +21,8 @@ from typing import Annotated
 
 import typer
 
-from ml_tasks.core.command import NoProgress, ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import command_app, entry_point, report
+from ml_tasks.core.options import NoProgress, ResultPath
 from ml_tasks.serving.feeding import DEFAULT_URL, feed
 
 app = command_app()
@@ -59,7 +60,7 @@ def main_command(
         "feed",
         lambda: feed(url, model, count=count, batch=batch, seed=seed, progress=progress),
         result_path=result_path,
-        context={"url": url},
+        url=url,
     )
 
 

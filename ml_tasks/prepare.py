@@ -27,15 +27,9 @@ from typing import Annotated, Any
 import typer
 
 from ml_tasks.core import events
-from ml_tasks.core.command import (
-    DatasetVersion,
-    NoProgress,
-    ResultPath,
-    command_app,
-    entry_point,
-    report,
-)
+from ml_tasks.core.command import command_app, entry_point, report
 from ml_tasks.core.lake import open_lake
+from ml_tasks.core.options import DatasetVersion, NoProgress, ResultPath
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.core.step import StepError
 from ml_tasks.core.workspace import writable_repo
@@ -176,7 +170,7 @@ def prepare_command(
             progress=not no_progress,
         ),
         result_path=result_path,
-        context={"dataset_version": dataset_version},
+        dataset_version=dataset_version,
     )
 
 

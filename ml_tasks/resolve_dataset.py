@@ -17,7 +17,8 @@ from typing import Annotated
 import typer
 
 from ml_tasks.core import events
-from ml_tasks.core.command import ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import command_app, entry_point, report
+from ml_tasks.core.options import ResultPath
 from ml_tasks.core.settings import Settings, load_settings
 from ml_tasks.core.step import StepError
 

@@ -16,16 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from ml_tasks.core import events
-from ml_tasks.core.command import (
-    CallerRunId,
-    DatasetVersion,
-    NoProgress,
-    ResultPath,
-    command_app,
-    entry_point,
-    report,
-)
+from ml_tasks.core.command import command_app, entry_point, report
 from ml_tasks.core.lake import open_lake
+from ml_tasks.core.options import CallerRunId, DatasetVersion, NoProgress, ResultPath
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.data.prepared import PreparedData, load_prepared
 from ml_tasks.model.tracking import RetryBudget, call_tracked
@@ -212,7 +205,7 @@ def train_command(
             ),
         ),
         result_path=result_path,
-        context={"dataset_version": dataset_version},
+        dataset_version=dataset_version,
     )
 
 

@@ -20,15 +20,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ml_tasks.core.command import (
-    CallerRunId,
-    DatasetVersion,
-    NoProgress,
-    ResultPath,
-    command_app,
-    entry_point,
-    report,
-)
+from ml_tasks.core.command import command_app, entry_point, report
+from ml_tasks.core.options import CallerRunId, DatasetVersion, NoProgress, ResultPath
 from ml_tasks.core.settings import Settings, load_settings
 from ml_tasks.core.step import StepResult
 from ml_tasks.model import tune_report, tune_study
@@ -76,7 +69,7 @@ def run_tune(
         f"tune_{command}",
         lambda: call_tracked(settings, lambda: body(settings)),
         result_path=result_path,
-        context={"study": study},
+        study=study,
     )
 
 
@@ -102,13 +95,12 @@ def run(
     caller_run_id: CallerRunId = None,
     n_trials: NTrials = None,
     timeout: Timeout = None,
-    worker_index: WorkerIndex = 0,
     threads: Threads = 1,
     no_progress: NoProgress = False,
     result_path: ResultPath = None,
 ) -> None:
     """Create, run every trial here, finish (one process)."""
-    options = tune_study.WorkerOptions(timeout, worker_index, threads, not no_progress)
+    options = tune_study.WorkerOptions(timeout, threads=threads, progress=not no_progress)
 
     def body(settings: Settings) -> tune_report.StudyReport:
         load_tune_config(settings)  # a bad tune: section is refused before anything else

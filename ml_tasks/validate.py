@@ -18,7 +18,8 @@ from typing import Annotated, Any
 import typer
 
 from ml_tasks.core import events
-from ml_tasks.core.command import CallerRunId, ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import command_app, entry_point, report
+from ml_tasks.core.options import CallerRunId, ResultPath
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.core.step import StepError
 from ml_tasks.model.tracking import call_tracked
@@ -251,7 +252,8 @@ def validate_command(
         "validate",
         lambda: call_tracked(settings, body),
         result_path=result_path,
-        context={"dataset_version": dataset_version, "mlflow_run_id": run_id},
+        dataset_version=dataset_version,
+        mlflow_run_id=run_id,
     )
 
 

@@ -32,3 +32,12 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint (moto's server) on 127.0.0.1 for the session."""
+    from tests.servers import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint

@@ -45,8 +45,9 @@ from ml_tasks.annotation.storage import (
     parallel,
 )
 from ml_tasks.core import events
-from ml_tasks.core.command import ResultPath, command_app, entry_point
+from ml_tasks.core.command import command_app, entry_point
 from ml_tasks.core.lake import Lake, open_lake
+from ml_tasks.core.options import ResultPath
 from ml_tasks.core.step import StepError
 
 

@@ -33,8 +33,9 @@ from ml_tasks.annotation.publish import (
     version_uncommitted,
 )
 from ml_tasks.core import events
-from ml_tasks.core.command import ResultPath, command_app, entry_point, report
+from ml_tasks.core.command import command_app, entry_point, report
 from ml_tasks.core.lake import open_lake
+from ml_tasks.core.options import ResultPath
 from ml_tasks.core.settings import Settings, load_params, load_settings
 from ml_tasks.core.workspace import writable_repo
 

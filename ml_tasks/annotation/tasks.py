@@ -39,8 +39,9 @@ import typer
 from ml_tasks.annotation.batches import ANNOTATION, LABELED, batch_key, read_json, write_json
 from ml_tasks.annotation.options import Batch, RunId, report_batch
 from ml_tasks.core import events
-from ml_tasks.core.command import ResultPath, command_app, entry_point
+from ml_tasks.core.command import command_app, entry_point
 from ml_tasks.core.lake import Lake, S3Lake, open_lake
+from ml_tasks.core.options import ResultPath
 from ml_tasks.core.settings import Settings, load_params
 from ml_tasks.core.step import StepError
 

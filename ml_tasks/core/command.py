@@ -9,36 +9,13 @@ gives the ``main(argv) -> exit code`` that ``python -m``, tests and Kubeflow com
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
 import typer
 
 from ml_tasks.core.step import StepResult, default_result_path, run_step
-
-ResultPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--result-path",
-        help="where to write the step's JSON result (default: /airflow/xcom/return.json in a "
-        "pod, else none: the result is printed on stdout)",
-        show_default=False,
-    ),
-]
-
-# Options several commands share, declared once (the parameter's name gives the flag).
-DatasetVersion = Annotated[
-    str | None,
-    typer.Option(
-        help="the dataset version (default: the one data/images.dvc records in the work tree)",
-        show_default=False,
-    ),
-]
-CallerRunId = Annotated[
-    str | None, typer.Option(help="the orchestrator's run id, kept as a lineage tag")
-]
-NoProgress = Annotated[bool, typer.Option("--no-progress", help="hide the progress bar")]
 
 
 def command_app(help: str | None = None, *, epilog: str | None = None) -> typer.Typer:
@@ -59,13 +36,12 @@ def finish(code: int) -> None:
 
 
 def report(
-    component: str,
-    body: Callable[[], StepResult],
-    *,
-    result_path: Path | None,
-    context: Mapping[str, Any] | None = None,
+    component: str, body: Callable[[], StepResult], *, result_path: Path | None, **context: Any
 ) -> None:
-    """Run ``body`` as step ``component`` under the step contract and end with its exit code."""
+    """Run ``body`` as step ``component`` under the step contract and end with its exit code.
+
+    ``context`` (the dataset version, the study...) goes on the step's started/failed events.
+    """
     path = result_path if result_path is not None else default_result_path()
     finish(run_step(component, body, result_path=path, context=context))
 

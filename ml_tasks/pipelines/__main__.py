@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ml_tasks.core.command import DatasetVersion, command_app, entry_point, finish
+from ml_tasks.core.command import command_app, entry_point, finish
+from ml_tasks.core.options import DatasetVersion
 
 Epochs = Annotated[int | None, typer.Option(min=1, help="default: params.yaml", show_default=False)]
 LearningRate = Annotated[
@@ -99,13 +100,13 @@ def local_command(
 
 @app.command("submit")
 def submit_command(
+    experiment: Experiment = None,
+    run_name: Annotated[str, typer.Option()] = "flywheel-training",
     dataset_version: DatasetVersion = None,
     epochs: Epochs = None,
     learning_rate: LearningRate = None,
     min_improvement: MinImprovement = None,
     force_register: ForceRegister = False,
-    experiment: Experiment = None,
-    run_name: Annotated[str, typer.Option()] = "flywheel-training",
     wait: Annotated[bool, typer.Option("--wait", help="wait; exit 1 unless it succeeded")] = False,
     poll: Annotated[float, typer.Option(help="seconds between polls (--wait)")] = 5.0,
 ) -> None:

@@ -47,26 +47,20 @@ def train_op(
     context_json: str,
 ) -> dict:
     """Train on the checked version; the MLflow run carries the caller's and the KFP run id."""
-    from ml_tasks.core.settings import load_settings
-    from ml_tasks.model.tracking import call_tracked
-    from ml_tasks.pipelines.runtime import apply_context, run_component
+    from ml_tasks.pipelines.runtime import apply_context, run_tracked_component
     from ml_tasks.train import train
 
     apply_context(context_json)
-    settings = load_settings()
     overrides = {"epochs": epochs or None, "learning_rate": learning_rate or None}
     assert checked["checks"] == "passed"
-    return run_component(
+    return run_tracked_component(
         "train",
-        lambda: call_tracked(
+        lambda settings: train(
             settings,
-            lambda: train(
-                settings,
-                str(prepared["dataset_version"]),
-                overrides,
-                caller_run_id=caller_run_id or kfp_run_id,
-                progress=False,
-            ),
+            str(prepared["dataset_version"]),
+            overrides,
+            caller_run_id=caller_run_id or kfp_run_id,
+            progress=False,
         ),
         kfp_run_id=kfp_run_id,
     )
@@ -81,25 +75,19 @@ def validate_op(
     context_json: str,
 ) -> dict:
     """Test against the incumbent; register a challenger only if better."""
-    from ml_tasks.core.settings import load_settings
-    from ml_tasks.model.tracking import call_tracked
-    from ml_tasks.pipelines.runtime import apply_context, run_component
+    from ml_tasks.pipelines.runtime import apply_context, run_tracked_component
     from ml_tasks.validate import validate
 
     apply_context(context_json)
-    settings = load_settings()
-    return run_component(
+    return run_tracked_component(
         "validate",
-        lambda: call_tracked(
+        lambda settings: validate(
             settings,
-            lambda: validate(
-                settings,
-                str(trained["mlflow_run_id"]),
-                str(trained["dataset_version"]),
-                force=force_register,
-                caller_run_id=caller_run_id or kfp_run_id,
-                min_improvement=None if min_improvement < 0 else min_improvement,
-            ),
+            str(trained["mlflow_run_id"]),
+            str(trained["dataset_version"]),
+            force=force_register,
+            caller_run_id=caller_run_id or kfp_run_id,
+            min_improvement=None if min_improvement < 0 else min_improvement,
         ),
         kfp_run_id=kfp_run_id,
     )

@@ -25,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from annotation_support import AWS, MODEL_NAME, Loop, run_helper
-from servers import s3_server, steps_python
+from servers import steps_python
 
 from tools.airflow_home import airflow_home_settings
 
@@ -55,12 +55,6 @@ def label_studio(
 
     lss.wait_until_up(label_studio_started.url, timeout=240)
     return label_studio_started
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    with s3_server() as url:
-        yield url
 
 
 @pytest.fixture(scope="session")

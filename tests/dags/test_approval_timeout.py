@@ -22,15 +22,8 @@ from typing import Any
 import pytest
 from flywheel_airflow.rest_api import AirflowApi
 
+from tests.dags import scheduler
 from tests.dags.conftest import champion, make_data_repo, mlflow_get
-from tests.dags.scheduler import (
-    BROKEN,
-    DAG_ID,
-    diagnostics,
-    running_scheduler,
-    scheduler_env,
-    task_states,
-)
 from tests.servers import mlflow_server
 from tools.local_airflow import airflow_cli
 
@@ -47,7 +40,7 @@ def run_state(run_id: str) -> str:
 
     with create_session() as session:
         state = session.scalar(
-            select(DagRun.state).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id)
+            select(DagRun.state).where(DagRun.dag_id == scheduler.DAG_ID, DagRun.run_id == run_id)
         )
     return str(getattr(state, "value", state))
 
@@ -62,7 +55,7 @@ def test_an_unanswered_approval_times_out_to_reject(
     scheduler_log = tmp_path / "scheduler.log"
     run_id = "manual__approval-timeout-test"
     with mlflow_server(tmp_path / "mlflow") as mlflow_url:
-        env = scheduler_env(
+        env = scheduler.scheduler_env(
             dict(os.environ),
             airflow_api,
             MLFLOW_TRACKING_URI=mlflow_url,
@@ -73,32 +66,40 @@ def test_an_unanswered_approval_times_out_to_reject(
         state, started = "queued", time.monotonic()
         try:
             airflow_cli(env, "dags", "reserialize")  # the DAG as parsed with the short timeout
-            with running_scheduler(env, scheduler_log) as scheduler:
+            with scheduler.running_scheduler(env, scheduler_log) as process:
                 airflow_cli(
-                    env, "dags", "trigger", DAG_ID, "--run-id", run_id, "--conf", '{"epochs": 4}'
+                    env,
+                    "dags",
+                    "trigger",
+                    scheduler.DAG_ID,
+                    "--run-id",
+                    run_id,
+                    "--conf",
+                    '{"epochs": 4}',
                 )
-                while time.monotonic() - started < TIMEOUT and scheduler.poll() is None:
+                while time.monotonic() - started < TIMEOUT and process.poll() is None:
                     state = run_state(run_id)
-                    if state in ("success", "failed") or set(task_states(run_id).values()) & {
+                    stuck = set(scheduler.task_states(run_id).values()) & {
                         "failed",
                         "upstream_failed",
-                    }:
+                    }
+                    if state in ("success", "failed") or stuck:
                         break
                     time.sleep(2)
         finally:
             airflow_cli(default_env, "dags", "reserialize")  # other tests see the 24 h default
-        tasks = task_states(run_id)
+        tasks = scheduler.task_states(run_id)
         try:
             check(state, tasks, run_id, home / "logs" / "events.jsonl", mlflow_url)
         except BaseException:
             runs = [{"run_id": run_id, "state": state, "tasks": tasks}]
-            print(diagnostics(airflow_db, scheduler_log, runs))
+            print(scheduler.diagnostics(airflow_db, scheduler_log, runs))
             raise
         print(f"timed out to reject in {time.monotonic() - started:.0f} s")
 
 
 def check(state: str, tasks: dict[str, str], run_id: str, log: Path, mlflow_url: str) -> None:
-    assert not set(tasks.values()) & BROKEN, tasks
+    assert not set(tasks.values()) & scheduler.BROKEN, tasks
     assert state == "success", (state, tasks)
     assert tasks["await_approval"] == "success"  # resolved by the sweep, with the default
     assert (tasks["record_rejection"], tasks["deploy"]) == ("success", "skipped"), tasks

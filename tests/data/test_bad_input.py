@@ -23,6 +23,7 @@ from ml_tasks.data.dvc import VersionFiles, VersionNotLocal
 from ml_tasks.data.prepared_writer import PrepareResult
 from ml_tasks.data.synthetic import synthesize
 from ml_tasks.prepare import prepare
+from tests.commands import step_result
 from tests.conftest import REPO
 from tests.data.bad_input import (
     SYSTEM_FILE,
@@ -152,27 +153,12 @@ def test_one_odd_entry_neither_stops_nor_hangs_the_run(
         os.symlink("odd.png", odd)
     else:
         os.mkfifo(odd)  # open() for reading would wait for a writer forever
-    out = tmp_path / "result.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ml_tasks.prepare",
-            "--data-dir",
-            str(folder),
-            "--no-progress",
-            "--dataset-version",
-            "odd",
-            "--result-path",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    result = step_result(
+        "ml_tasks.prepare",
+        *("--data-dir", str(folder), "--no-progress", "--dataset-version", "odd"),
+        result_path=tmp_path / "result.json",
         timeout=60,
     )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
     assert [(s["path"], s["reason"]) for s in result["skips"]] == [("2/odd.png", kind)]
     assert result["prepared"] == 30 and result["offered"] == 31
 

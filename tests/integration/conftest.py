@@ -4,7 +4,6 @@ version prepared in an empty state folder, and the environment to call the steps
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,9 +50,9 @@ class Workspace:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     """The digits prepared as the version ``data/images.dvc`` records (what a clone trains on)."""
     ws = Workspace(tmp_path_factory.mktemp("workspace"))
-    saved = {k: os.environ.get(k) for k in ("FLYWHEEL_REPO", "FLYWHEEL_HOME")}
-    os.environ.update({"FLYWHEEL_REPO": ws.env["FLYWHEEL_REPO"], "FLYWHEEL_HOME": str(ws.home)})
-    try:
+    with pytest.MonkeyPatch.context() as env:  # the prepare below reads these, nothing after
+        env.setenv("FLYWHEEL_REPO", ws.env["FLYWHEEL_REPO"])
+        env.setenv("FLYWHEEL_HOME", str(ws.home))
         from ml_tasks.core.settings import load_settings
         from ml_tasks.data.dvc import tracked_version
         from ml_tasks.data.synthetic import write_digits
@@ -64,10 +63,4 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
         assert ws.dataset_version, "data/images.dvc records no version"
         write_digits(ws.root / "images")
         prepare(settings, data_dir=ws.root / "images", dataset_version=ws.dataset_version)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     yield ws

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.servers import REPO, free_port, s3_client, s3_server, steps_python
+from tests.servers import REPO, free_port, s3_client, steps_python
 from tools.local_servers import running_server
 
 MODEL_NAME = "digits"
@@ -78,12 +78,6 @@ def trained(mlflow_url: str) -> Any:
     from tests.serve.champions import train_two
 
     return train_two(mlflow_url)
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    with s3_server() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture(scope="session")

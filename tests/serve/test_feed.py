@@ -3,13 +3,13 @@ way production traffic does; a service that is not there gets one clear line."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from ml_tasks.serving.feeding import transformed_digits
+from tests.commands import step_result
 from tests.serve.conftest import RegisteredModel, model_server, wait_until
 from tests.servers import free_port, steps_python
 
@@ -36,28 +36,12 @@ def test_feed_fills_incoming_through_the_model_service(
     tmp_path: Path, registered: RegisteredModel
 ) -> None:
     with model_server(tmp_path, registered, "--sample-rate", "1.0") as server:
-        result_path = tmp_path / "feed.json"
-        done = subprocess.run(
-            [
-                steps_python(),
-                "-m",
-                "ml_tasks.feed",
-                "--url",
-                server.url,
-                "--count",
-                "20",
-                "--batch",
-                "6",
-                "--result-path",
-                str(result_path),
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        result = step_result(
+            "ml_tasks.feed",
+            *("--url", server.url, "--count", "20", "--batch", "6"),
+            result_path=tmp_path / "feed.json",
+            python=steps_python(),
         )
-        assert done.returncode == 0, done.stderr
-        result = json.loads(result_path.read_text())
         assert result["sent"] == result["answered"] == 20
         assert result["model_versions"] == [registered.version]
         # A 4-epoch model on shifted, noisy digits: far better than chance (0.1).

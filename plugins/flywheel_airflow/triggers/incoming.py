@@ -11,41 +11,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import TriggerEvent
+
+from flywheel_airflow.triggers.state import FieldsTrigger
 
 
-class IncomingImagesTrigger(BaseTrigger):
+@dataclass(kw_only=True, eq=False, repr=False)
+class IncomingImagesTrigger(FieldsTrigger):
     """Poll ``s3://bucket/prefix`` until ``min_images`` images with sidecars wait there."""
 
-    def __init__(
-        self,
-        *,
-        bucket: str,
-        prefix: str,
-        min_images: int,
-        aws_conn_id: str | None,
-        poke_interval: float = 60.0,
-    ) -> None:
-        super().__init__()
-        self.bucket = bucket
-        self.prefix = prefix
-        self.min_images = min_images
-        self.aws_conn_id = aws_conn_id
-        self.poke_interval = poke_interval
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "bucket": self.bucket,
-                "prefix": self.prefix,
-                "min_images": self.min_images,
-                "aws_conn_id": self.aws_conn_id,
-                "poke_interval": self.poke_interval,
-            },
-        )
+    bucket: str
+    prefix: str
+    min_images: int
+    aws_conn_id: str | None
+    poke_interval: float = 60.0
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook

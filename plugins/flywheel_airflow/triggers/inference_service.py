@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import TriggerEvent
+
+from flywheel_airflow.triggers.state import FieldsTrigger
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 VERSION_ANNOTATION = "flywheel.io/model-version"
@@ -52,43 +55,24 @@ def readiness(obj: dict[str, Any] | None, model_version: str) -> tuple[str, str]
     return "pending", "no Ready condition yet"
 
 
-class InferenceServiceReadyTrigger(BaseTrigger):
+@dataclass(kw_only=True, eq=False, repr=False)
+class InferenceServiceReadyTrigger(FieldsTrigger):
     """Poll an InferenceService until it serves ``model_version``, fails, or time runs out."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        namespace: str,
-        model_version: str,
-        kubernetes_conn_id: str | None = "kubernetes_default",
-        timeout_seconds: float = 900,
-        poll_interval: float = 10,
-        deadline: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.name = name
-        self.namespace = namespace
-        self.model_version = str(model_version)
-        self.kubernetes_conn_id = kubernetes_conn_id
-        self.timeout_seconds = timeout_seconds
-        self.poll_interval = poll_interval
-        # Wall-clock deadline, so a triggerer restart does not extend the wait.
-        self.deadline = deadline if deadline is not None else time.time() + timeout_seconds
+    name: str
+    namespace: str
+    model_version: str
+    kubernetes_conn_id: str | None = "kubernetes_default"
+    timeout_seconds: float = 900
+    poll_interval: float = 10
+    # Wall-clock deadline, so a triggerer restart does not extend the wait.
+    deadline: float | None = None
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "name": self.name,
-                "namespace": self.namespace,
-                "model_version": self.model_version,
-                "kubernetes_conn_id": self.kubernetes_conn_id,
-                "timeout_seconds": self.timeout_seconds,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-            },
-        )
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.model_version = str(self.model_version)
+        if self.deadline is None:
+            self.deadline = time.time() + self.timeout_seconds
 
     async def get_object(self) -> dict[str, Any] | None:
         """The InferenceService as a dict, or None while it does not exist."""

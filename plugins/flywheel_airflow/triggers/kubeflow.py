@@ -21,47 +21,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import TriggerEvent
+
+from flywheel_airflow.triggers.state import FieldsTrigger
 
 
-class KubeflowRunTrigger(BaseTrigger):
+@dataclass(kw_only=True, eq=False, repr=False)
+class KubeflowRunTrigger(FieldsTrigger):
     """Poll KFP run ``run_id`` until it ends, the deadline passes, or KFP stays unreachable."""
 
-    def __init__(
-        self,
-        *,
-        run_id: str,
-        host: str,
-        ui_url: str = "",
-        namespace: str = "",
-        deadline: float,
-        poll_interval: float = 10.0,
-        max_unreachable: int = 6,
-    ) -> None:
-        super().__init__()
-        self.run_id = run_id
-        self.host = host
-        self.ui_url = ui_url
-        self.namespace = namespace
-        self.deadline = deadline
-        self.poll_interval = poll_interval
-        self.max_unreachable = max_unreachable
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "run_id": self.run_id,
-                "host": self.host,
-                "ui_url": self.ui_url,
-                "namespace": self.namespace,
-                "deadline": self.deadline,
-                "poll_interval": self.poll_interval,
-                "max_unreachable": self.max_unreachable,
-            },
-        )
+    run_id: str
+    host: str
+    ui_url: str = ""
+    namespace: str = ""
+    deadline: float
+    poll_interval: float = 10.0
+    max_unreachable: int = 6
 
     def client(self) -> Any:
         from ml_tasks.pipelines.rest import KfpClient, KfpSettings
