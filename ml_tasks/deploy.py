@@ -41,7 +41,7 @@ from ml_tasks.core.options import CallerRunId, ResultPath
 from ml_tasks.core.settings import load_settings
 from ml_tasks.core.step import StepError, StepResult
 from ml_tasks.model import approval
-from ml_tasks.model.tracking import call_tracked
+from ml_tasks.model.tracking import tracked
 from ml_tasks.serving import deployment
 
 
@@ -69,11 +69,10 @@ def run_deploy(
 ) -> None:
     """Run ``action(settings, model_version)`` (``action(settings)`` without a version) as the
     deploy step; an MLflow that does not answer exits 75."""
-    settings = load_settings()
     version = () if model_version is None else (model_version,)
     report(
         "deploy",
-        lambda: call_tracked(settings, lambda: action(settings, *version)),
+        tracked(lambda settings: action(settings, *version)),
         result_path=result_path,
         model_version=model_version,
     )

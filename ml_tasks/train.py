@@ -19,9 +19,9 @@ from ml_tasks.core import events
 from ml_tasks.core.command import command_app, entry_point, report
 from ml_tasks.core.lake import open_lake
 from ml_tasks.core.options import CallerRunId, DatasetVersion, NoProgress, ResultPath
-from ml_tasks.core.settings import Settings, load_params, load_settings
+from ml_tasks.core.settings import Settings, load_params
 from ml_tasks.data.prepared import PreparedData, load_prepared
-from ml_tasks.model.tracking import RetryBudget, call_tracked
+from ml_tasks.model.tracking import RetryBudget, tracked
 from ml_tasks.model.training import fit, log_classifier
 from ml_tasks.resolve_dataset import resolve_dataset_version
 
@@ -189,24 +189,20 @@ def train_command(
         "hidden": hidden,
         "seed": seed,
     }
-    settings = load_settings()
-    report(
-        "train",
-        lambda: call_tracked(
+
+    def body(settings: Settings) -> Trained:
+        version = resolve_dataset_version(dataset_version)
+        return train(
             settings,
-            lambda: train(
-                settings,
-                resolve_dataset_version(dataset_version),
-                overrides,
-                caller_run_id=caller_run_id,
-                logical_date=logical_date,
-                progress=not no_progress,
-                use_best_params=use_best_params,
-            ),
-        ),
-        result_path=result_path,
-        dataset_version=dataset_version,
-    )
+            version,
+            overrides,
+            caller_run_id=caller_run_id,
+            logical_date=logical_date,
+            progress=not no_progress,
+            use_best_params=use_best_params,
+        )
+
+    report("train", tracked(body), result_path=result_path, dataset_version=dataset_version)
 
 
 main = entry_point(app, "ml_tasks.train")

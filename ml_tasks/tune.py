@@ -22,7 +22,7 @@ import typer
 
 from ml_tasks.core.command import command_app, entry_point, report
 from ml_tasks.core.options import CallerRunId, DatasetVersion, NoProgress, ResultPath
-from ml_tasks.core.settings import Settings, load_settings
+from ml_tasks.core.settings import Settings
 from ml_tasks.core.step import StepResult
 from ml_tasks.model import tune_report, tune_study
 from ml_tasks.model.tuning import load_tune_config
@@ -62,12 +62,11 @@ def run_tune(
     body: Callable[[Settings], StepResult],
 ) -> None:
     """Run ``body`` as step ``tune_<command>``; an unreachable storage or MLflow exits 75."""
-    from ml_tasks.model.tracking import call_tracked
+    from ml_tasks.model.tracking import tracked
 
-    settings = load_settings()
     report(
         f"tune_{command}",
-        lambda: call_tracked(settings, lambda: body(settings)),
+        tracked(body),
         result_path=result_path,
         study=study,
     )

@@ -20,9 +20,9 @@ import typer
 from ml_tasks.core import events
 from ml_tasks.core.command import command_app, entry_point, report
 from ml_tasks.core.options import CallerRunId, ResultPath
-from ml_tasks.core.settings import Settings, load_params, load_settings
+from ml_tasks.core.settings import Settings, load_params
 from ml_tasks.core.step import StepError
-from ml_tasks.model.tracking import call_tracked
+from ml_tasks.model.tracking import tracked
 from ml_tasks.model.validation import (
     CHALLENGER,
     decide,
@@ -231,9 +231,8 @@ def validate_command(
     challenger only if it is better."""
     if (run_id is None) == (train_result is None):
         raise typer.BadParameter("give exactly one of --run-id and --train-result")
-    settings = load_settings()
 
-    def body() -> Validated:
+    def body(settings: Settings) -> Validated:
         run, trained_on = run_id, None
         if train_result is not None:
             run, trained_on = read_train_result(train_result)
@@ -250,7 +249,7 @@ def validate_command(
 
     report(
         "validate",
-        lambda: call_tracked(settings, body),
+        tracked(body),
         result_path=result_path,
         dataset_version=dataset_version,
         mlflow_run_id=run_id,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ml_tasks.core import events
-from ml_tasks.core.settings import Settings
+from ml_tasks.core.settings import Settings, load_settings
 from ml_tasks.core.step import InfrastructureError, StepError
 
 T = TypeVar("T")
@@ -162,6 +162,18 @@ def call_tracked(settings: Settings, body: Callable[[], T]) -> T:
         if is_unreachable(exc):
             raise TrackingUnavailable(settings.tracking_uri, exc) from exc
         raise
+
+
+def tracked(body: Callable[[Settings], T]) -> Callable[[], T]:
+    """``body`` as a step body: settings loaded when it runs, an MLflow that does not answer
+    turned into :class:`TrackingUnavailable` (exit 75). What a command or a component hands to
+    the step contract."""
+
+    def run() -> T:
+        settings = load_settings()
+        return call_tracked(settings, lambda: body(settings))
+
+    return run
 
 
 def use_mlflow(settings: Settings) -> str:

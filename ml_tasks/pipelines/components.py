@@ -47,20 +47,23 @@ def train_op(
     context_json: str,
 ) -> dict:
     """Train on the checked version; the MLflow run carries the caller's and the KFP run id."""
-    from ml_tasks.pipelines.runtime import apply_context, run_tracked_component
+    from ml_tasks.model.tracking import tracked
+    from ml_tasks.pipelines.runtime import apply_context, run_component
     from ml_tasks.train import train
 
     apply_context(context_json)
     overrides = {"epochs": epochs or None, "learning_rate": learning_rate or None}
     assert checked["checks"] == "passed"
-    return run_tracked_component(
+    return run_component(
         "train",
-        lambda settings: train(
-            settings,
-            str(prepared["dataset_version"]),
-            overrides,
-            caller_run_id=caller_run_id or kfp_run_id,
-            progress=False,
+        tracked(
+            lambda settings: train(
+                settings,
+                str(prepared["dataset_version"]),
+                overrides,
+                caller_run_id=caller_run_id or kfp_run_id,
+                progress=False,
+            )
         ),
         kfp_run_id=kfp_run_id,
     )
@@ -75,19 +78,22 @@ def validate_op(
     context_json: str,
 ) -> dict:
     """Test against the incumbent; register a challenger only if better."""
-    from ml_tasks.pipelines.runtime import apply_context, run_tracked_component
+    from ml_tasks.model.tracking import tracked
+    from ml_tasks.pipelines.runtime import apply_context, run_component
     from ml_tasks.validate import validate
 
     apply_context(context_json)
-    return run_tracked_component(
+    return run_component(
         "validate",
-        lambda settings: validate(
-            settings,
-            str(trained["mlflow_run_id"]),
-            str(trained["dataset_version"]),
-            force=force_register,
-            caller_run_id=caller_run_id or kfp_run_id,
-            min_improvement=None if min_improvement < 0 else min_improvement,
+        tracked(
+            lambda settings: validate(
+                settings,
+                str(trained["mlflow_run_id"]),
+                str(trained["dataset_version"]),
+                force=force_register,
+                caller_run_id=caller_run_id or kfp_run_id,
+                min_improvement=None if min_improvement < 0 else min_improvement,
+            )
         ),
         kfp_run_id=kfp_run_id,
     )

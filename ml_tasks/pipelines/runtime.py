@@ -19,7 +19,7 @@ from typing import Any
 
 from ml_tasks.core.exit_codes import EXIT_INFRASTRUCTURE, EXIT_STEP_ERROR
 from ml_tasks.core.lake import open_lake
-from ml_tasks.core.settings import Settings, load_settings
+from ml_tasks.core.settings import load_settings
 from ml_tasks.core.step import StepError, StepResult, run_step
 
 MEANING = {
@@ -93,19 +93,6 @@ def run_component(
         code = run_step(step, guarded, result_path=path, context={"kfp_run_id": kfp_run_id})
         result = json.loads(path.read_text()) if path.exists() else {"status": "failed", **error}
     return finish(step, code, result, kfp_run_id=kfp_run_id, task=task)
-
-
-def run_tracked_component(
-    step: str, body: Callable[[Settings], StepResult], *, kfp_run_id: str
-) -> dict[str, Any]:
-    """:func:`run_component` for a step that talks to MLflow (an MLflow that does not answer
-    exits 75, as the step's CLI does)."""
-    from ml_tasks.model.tracking import call_tracked
-
-    settings = load_settings()
-    return run_component(
-        step, lambda: call_tracked(settings, lambda: body(settings)), kfp_run_id=kfp_run_id
-    )
 
 
 def run_cli(step: str, main: Callable[[list[str]], int], arguments: list[str], **kw: Any) -> Any:

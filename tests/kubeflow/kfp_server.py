@@ -22,11 +22,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from tests.json_http import JsonHandler
 from tools.local_servers import stop_process
 
 API = "/apis/v2beta1"
@@ -116,22 +117,8 @@ def _start(state: State, run: dict[str, Any], version: dict[str, Any]) -> None:
         _finish(state, run, "FAILED", state.error)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     state: State
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _reply(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def do_GET(self) -> None:
         url, s = urlparse(self.path), self.state
@@ -139,25 +126,25 @@ class Handler(BaseHTTPRequestHandler):
         s.calls.append(f"GET {url.path}")
         name = _named(query)
         if url.path == "/stand-in/state":
-            return self._reply(200, {"runs": s.runs, "calls": s.calls})
+            return self.reply(200, {"runs": s.runs, "calls": s.calls})
         if url.path == f"{API}/pipelines":
             found = [p for p in s.pipelines.values() if name in (None, p["display_name"])]
-            return self._reply(200, {"pipelines": found} if found else {})
+            return self.reply(200, {"pipelines": found} if found else {})
         if m := re.fullmatch(f"{API}/pipelines/([^/]+)/versions", url.path):
             found = [
                 {k: v for k, v in ver.items() if k != "ir"}
                 for ver in s.versions.values()
                 if ver["pipeline_id"] == m[1] and name in (None, ver["display_name"])
             ]
-            return self._reply(200, {"pipeline_versions": found} if found else {})
+            return self.reply(200, {"pipeline_versions": found} if found else {})
         if url.path == f"{API}/experiments":
             found = [e for e in s.experiments.values() if name in (None, e["display_name"])]
-            return self._reply(200, {"experiments": found} if found else {})
+            return self.reply(200, {"experiments": found} if found else {})
         if m := re.fullmatch(f"{API}/runs/([^/:]+)", url.path):
             if m[1] not in s.runs:
-                return self._reply(404, {"code": 5, "message": f"run {m[1]} not found"})
-            return self._reply(200, s.runs[m[1]])
-        self._reply(404, {"code": 5, "message": f"no route {url.path}"})
+                return self.reply(404, {"code": 5, "message": f"run {m[1]} not found"})
+            return self.reply(200, s.runs[m[1]])
+        self.reply(404, {"code": 5, "message": f"no route {url.path}"})
 
     def _add_version(self, pipeline_id: str, name: str, body: bytes) -> str:
         """Store an uploaded pipeline's IR as a new version of ``pipeline_id``; its id."""
@@ -173,20 +160,20 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         url, s = urlparse(self.path), self.state
         query = parse_qs(url.query)
-        body = self._body()
+        body = self.body()
         s.calls.append(f"POST {url.path}")
         if url.path == f"{API}/pipelines/upload":
             pid = uuid.uuid4().hex
             s.pipelines[pid] = {"pipeline_id": pid, "display_name": query["name"][0]}
             self._add_version(pid, query["name"][0], body)
-            return self._reply(200, s.pipelines[pid])
+            return self.reply(200, s.pipelines[pid])
         if url.path == f"{API}/pipelines/upload_version":
             vid = self._add_version(query["pipelineid"][0], query["name"][0], body)
-            return self._reply(200, {k: v for k, v in s.versions[vid].items() if k != "ir"})
+            return self.reply(200, {k: v for k, v in s.versions[vid].items() if k != "ir"})
         if url.path == f"{API}/experiments":
             eid = uuid.uuid4().hex
             s.experiments[eid] = {**json.loads(body), "experiment_id": eid}
-            return self._reply(200, s.experiments[eid])
+            return self.reply(200, s.experiments[eid])
         if url.path == f"{API}/runs":
             payload = json.loads(body)
             version = s.versions[payload["pipeline_version_reference"]["pipeline_version_id"]]
@@ -194,14 +181,14 @@ class Handler(BaseHTTPRequestHandler):
             run = {**payload, "run_id": run_id, "state": "RUNNING", "error": None}
             s.runs[run_id] = run
             _start(s, run, version)
-            return self._reply(200, run)
+            return self.reply(200, run)
         if m := re.fullmatch(f"{API}/runs/([^/:]+):cancel", url.path):
             run = s.runs[m[1]]
             with s.lock:
                 if run["state"] not in ("SUCCEEDED", "FAILED", "CANCELED"):
                     run["state"] = "CANCELING" if s.mode == "execute" else "CANCELED"
-            return self._reply(200, {})
-        self._reply(404, {"code": 5, "message": f"no route {url.path}"})
+            return self.reply(200, {})
+        self.reply(404, {"code": 5, "message": f"no route {url.path}"})
 
 
 @contextmanager

@@ -5,41 +5,30 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
 from flywheel_airflow.rest_api import AirflowApi, ApiError
 
+from tests.json_http import JsonHandler
 
-class StandIn(BaseHTTPRequestHandler):
+
+class StandIn(JsonHandler):
     """``/auth/token`` for ``alice``; any other request is recorded and answered ``{}``, or 403
     for ``bob``."""
 
     calls: ClassVar[list[tuple[str, str, str, Any]]] = []
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _answer(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
+        raw = self.body()
+        body = json.loads(raw) if raw else None
         if self.path == "/auth/token":
-            self._answer(200, {"access_token": f"token-of-{body['username']}"})
+            self.reply(200, {"access_token": f"token-of-{body['username']}"})
             return
         auth = self.headers.get("Authorization", "")
         self.calls.append((self.command, self.path, auth, body))
-        self._answer(
-            403 if auth.endswith("bob") else 200, {"detail": "no"} if "bob" in auth else {}
-        )
+        self.reply(403 if auth.endswith("bob") else 200, {"detail": "no"} if "bob" in auth else {})
 
     do_GET = do_POST = do_PATCH = _handle
 

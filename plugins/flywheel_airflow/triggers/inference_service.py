@@ -104,8 +104,9 @@ class InferenceServiceReadyTrigger(FieldsTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        why = "not polled yet"
-        while time.time() < self.deadline:
+        why, deadline = "not polled yet", self.deadline
+        assert deadline is not None  # set in __post_init__
+        while time.time() < deadline:
             state, why = readiness(await self.get_object(), self.model_version)
             self.log.info("InferenceService %s/%s: %s (%s)", self.namespace, self.name, state, why)
             if state in ("ready", "failed"):
