@@ -150,8 +150,8 @@ HYPERPARAMETERS = "hyperparameters (default: params.yaml train:)"
 
 @app.command(
     epilog="Exit codes: 0 done, 2 usage, 3 bad input (do not retry), 75 the MLflow tracking "
-    f"server did not answer (retry later). MLflow retries each request: "
-    f"{RetryBudget.from_env().describe()}; set those variables to change it."
+    f"server did not answer (retry later). By default MLflow retries each request: "
+    f"{RetryBudget.from_env({}).describe()}; set those variables to change it."
 )
 def train_command(
     dataset_version: DatasetVersion = None,

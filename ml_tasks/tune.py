@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -46,13 +46,6 @@ app = command_app(
     "is an MLflow child run of the study's run.",
     epilog=EPILOG,
 )
-
-
-def fit(*args: Any, **kwargs: Any) -> tuple[Any, list[dict[str, float]]]:
-    """The train step's ``fit``, looked up when a trial trains (so a test can swap it)."""
-    from ml_tasks.model import training
-
-    return training.fit(*args, **kwargs)
 
 
 def run_tune(
@@ -104,7 +97,7 @@ def run(
     def body(settings: Settings) -> tune_report.StudyReport:
         load_tune_config(settings)  # a bad tune: section is refused before anything else
         created = new_study(settings, study, dataset_version, storage, caller_run_id)
-        tune_study.work(settings, created.study, n_trials, fit, storage, options)
+        tune_study.work(settings, created.study, n_trials, storage, options)
         return tune_report.finish(settings, created.study, storage=storage)
 
     run_tune("run", study, result_path, body)
@@ -144,7 +137,7 @@ def worker(
         "worker",
         study,
         result_path,
-        lambda settings: tune_study.work(settings, study, n_trials, fit, storage, options),
+        lambda settings: tune_study.work(settings, study, n_trials, storage, options),
     )
 
 

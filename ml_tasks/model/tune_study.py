@@ -5,8 +5,7 @@ A worker claims each trial under :func:`~ml_tasks.model.tuning.trial_claim_lock`
 never holds more than ``n_trials``, and keeps the trial's heartbeat while it trains: a worker
 that dies stops beating, and the next worker (or the report) marks its trial failed. Each trial
 is an MLflow child run whose status and ``flywheel.tuning.state`` tag say COMPLETE, PRUNED or
-FAIL. The training function is given by the caller (the train step's ``fit``), so this library
-does not depend on a command.
+FAIL. Trials train with :func:`ml_tasks.model.training.fit`, the function the train step uses.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +34,6 @@ from ml_tasks.model.tuning import (
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 # fit(data, hyperparameters, on_epoch=..., progress=...) -> (model, per-epoch metrics)
-Fit = Callable[..., tuple[Any, list[dict[str, float]]]]
 
 
 @dataclass(frozen=True)
@@ -133,12 +130,14 @@ def make_pruner(config: TuneConfig) -> Any:
 
 
 def run_trial(
-    study: Any, trial: Any, data: Any, base_hp: dict[str, Any], config: TuneConfig, fit: Fit
+    study: Any, trial: Any, data: Any, base_hp: dict[str, Any], config: TuneConfig
 ) -> str:
     """Train one trial and tell the study how it ended; returns COMPLETE, PRUNED or FAIL."""
     import optuna
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
+
+    from ml_tasks.model import training
 
     client = MlflowClient()
     parent = study.user_attrs[PARENT_ATTR]
@@ -166,7 +165,7 @@ def run_trial(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: {config.metric}={metrics[config.metric]}")
 
-        _, history = fit(data, hp, on_epoch=on_epoch, progress=False)
+        _, history = training.fit(data, hp, on_epoch=on_epoch, progress=False)
         value = history[-1][config.metric]
         study.tell(trial, value)
         state = "COMPLETE"
@@ -221,7 +220,6 @@ def work(
     settings: Settings,
     study_name: str,
     n_trials: int | None,
-    fit: Fit,
     storage: str | None = None,
     options: WorkerOptions = WorkerOptions(),
 ) -> WorkerDone:
@@ -268,7 +266,7 @@ def work(
         beat = Heartbeat(study._storage, trial._trial_id, config.heartbeat_interval)
         beat.start()
         try:
-            state = run_trial(study, trial, data, base_hp, config, fit)
+            state = run_trial(study, trial, data, base_hp, config)
         finally:
             beat.stopped.set()
         states[state] = states.get(state, 0) + 1

@@ -14,7 +14,7 @@ a retry cannot register one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from flywheel_airflow.operators.step import StepOperator, selected_backend
 
@@ -89,11 +89,9 @@ class DeployOperator(StepOperator):
             return super().execute(context)
         from flywheel_airflow.backends.cluster_deploy import start_cluster_deploy
 
-        start_cluster_deploy(
-            self,
-            model_version=model_version_number(self.model_version),
-            canary_percent=self.canary_percent,
-        )
+        # Rendering checked the version and made it an int (render_template_fields).
+        version = cast(int, self.model_version)
+        start_cluster_deploy(self, model_version=version, canary_percent=self.canary_percent)
 
     def execute_deployed(
         self,
