@@ -170,15 +170,11 @@ app = command_app()
 
 
 @app.command()
-def checks(
-    dataset_version: DatasetVersion = None,
-    result_path: ResultPath = None,
-) -> None:
+def checks(dataset_version: DatasetVersion = None, result_path: ResultPath = None) -> None:
     """Run the Great Expectations data checks on a prepared dataset version."""
-    settings = load_settings()
     report(
         "checks",
-        lambda: check(settings, resolve_dataset_version(dataset_version)),
+        lambda: check(load_settings(), resolve_dataset_version(dataset_version)),
         result_path=result_path,
         dataset_version=dataset_version,
     )

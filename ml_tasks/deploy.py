@@ -58,6 +58,9 @@ ModelVersion = Annotated[
 CanaryPercent = Annotated[
     int | None, typer.Option(help="send this share of traffic to the new version first")
 ]
+Finisher = Annotated[
+    str, typer.Option("--who", help="who finishes it (the approver stays on record)")
+]
 
 app = command_app(
     help="Deploy: make an approved model version the champion, or record its rejection."
@@ -135,12 +138,7 @@ def render(model_version: ModelVersion, canary_percent: CanaryPercent = None) ->
 
 
 @app.command()
-def finish(
-    who: Annotated[
-        str, typer.Option(help="who finishes it (the approver stays on record)")
-    ] = "deploy finish",
-    result_path: ResultPath = None,
-) -> None:
+def finish(who: Finisher = "deploy finish", result_path: ResultPath = None) -> None:
     """Deploy an approved version whose deploy did not finish (still the challenger)."""
     run_deploy(partial(deployment.finish, who=who), None, result_path)
 

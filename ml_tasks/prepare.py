@@ -160,11 +160,12 @@ def prepare_command(
     result_path: ResultPath = None,
 ) -> None:
     """Decode, check and split a dataset version into prepared/<version>/."""
-    settings = load_settings()
     report(
         "prepare",
         lambda: prepare(
-            writable_repo(settings),  # a pod's /workspace is read-only: DVC writes in a clone
+            writable_repo(
+                load_settings()
+            ),  # a pod's /workspace is read-only: DVC writes in a clone
             dataset_version=dataset_version,
             data_dir=data_dir,
             progress=not no_progress,

@@ -129,22 +129,19 @@ def ingest(settings: Settings, git_remote: str) -> Ingested:
     )
 
 
+GitRemote = Annotated[
+    str, typer.Option(help="push the version commit to this remote when it exists")
+]
 app = command_app()
 
 
 @app.command()
-def command(
-    git_remote: Annotated[
-        str, typer.Option(help="push the version commit to this remote when it exists")
-    ] = "origin",
-    result_path: ResultPath = None,
-) -> None:
+def command(git_remote: GitRemote = "origin", result_path: ResultPath = None) -> None:
     """Add validated annotations (labeled/ in the lake) to a new dataset version."""
-    settings = load_settings()
     report(
         "ingest",
         # A pod's /workspace is read-only: commit in a clone that pushes to FLYWHEEL_GIT_URL.
-        lambda: ingest(writable_repo(settings, needs_remote=True), git_remote),
+        lambda: ingest(writable_repo(load_settings(), needs_remote=True), git_remote),
         result_path=result_path,
     )
 
