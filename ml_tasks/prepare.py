@@ -163,9 +163,8 @@ def prepare_command(
     report(
         "prepare",
         lambda: prepare(
-            writable_repo(
-                load_settings()
-            ),  # a pod's /workspace is read-only: DVC writes in a clone
+            # A pod's /workspace is read-only: DVC writes in a clone.
+            writable_repo(load_settings()),
             dataset_version=dataset_version,
             data_dir=data_dir,
             progress=not no_progress,

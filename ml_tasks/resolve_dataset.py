@@ -98,10 +98,9 @@ def resolve_dataset(
 ) -> None:
     """Resolve which dataset version a training run uses."""
     given = dataset_version or None  # an empty value from a template means "not given"
-    settings = load_settings()
     report(
         "resolve_dataset",
-        lambda: resolve(settings, as_of=as_of, dataset_version=given),
+        lambda: resolve(load_settings(), as_of=as_of, dataset_version=given),
         result_path=result_path,
     )
 

@@ -147,7 +147,9 @@ def main_command(
             "FLYWHEEL_SERVE_SAMPLE_RATE or 1.0; 0 turns storing off)",
         ),
     ] = 1.0,
-    lake_uri: Annotated[str | None, typer.Option(help="where inputs go: FLYWHEEL_LAKE_URI")] = None,
+    lake_uri: Annotated[
+        str | None, typer.Option(help="where to keep inputs (default: FLYWHEEL_LAKE_URI)")
+    ] = None,
     store_queue: Annotated[
         int,
         _count("--store-queue", "images waiting to be written before new ones are dropped"),

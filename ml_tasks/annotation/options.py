@@ -43,5 +43,4 @@ def report_batch(
     ``--run-id``, ``--batch`` and ``--result-path``."""
     run_id, batch, result_path = options
     name = batch_of(run_id, batch)
-    settings = load_settings()
-    report(component, lambda: body(settings, name), result_path=result_path, batch=name)
+    report(component, lambda: body(load_settings(), name), result_path=result_path, batch=name)

@@ -36,11 +36,13 @@ def finish(code: int) -> None:
 
 
 def report(
-    component: str, body: Callable[[], StepResult], *, result_path: Path | None, **context: Any
+    component: str, body: Callable[[], StepResult], /, *, result_path: Path | None, **context: Any
 ) -> None:
     """Run ``body`` as step ``component`` under the step contract and end with its exit code.
 
-    ``context`` (the dataset version, the study...) goes on the step's started/failed events.
+    ``context`` (the dataset version, the study...) goes on the step's started/failed events;
+    the events' own fields (``level``, ``error``, ``seconds``, ``status``, ``retry``) are not
+    context names.
     """
     path = result_path if result_path is not None else default_result_path()
     finish(run_step(component, body, result_path=path, context=context))

@@ -33,8 +33,6 @@ from ml_tasks.model.tuning import (
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
-# fit(data, hyperparameters, on_epoch=..., progress=...) -> (model, per-epoch metrics)
-
 
 @dataclass(frozen=True)
 class StudyCreated:

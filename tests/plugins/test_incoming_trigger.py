@@ -129,3 +129,25 @@ def test_a_missing_bucket_is_reported_as_an_error_event(lake: Lake) -> None:
 
     payload = asyncio.run(first_event()).payload
     assert payload["status"] == "error" and "NoSuchBucket" in payload["message"]
+
+
+def test_a_trigger_subclass_without_its_own_dataclass_fields_refuses_to_serialize() -> None:
+    from flywheel_airflow.triggers.incoming import IncomingImagesTrigger
+
+    class WithMoreState(IncomingImagesTrigger):  # forgot @dataclass: `extra` would be lost
+        extra = "kept?"
+
+    trigger = WithMoreState(bucket="b", prefix="p", min_images=1, aws_conn_id=None)
+    with pytest.raises(TypeError, match="must be decorated with @dataclass"):
+        trigger.serialize()
+    assert IncomingImagesTrigger(**trigger_kwargs()).serialize()[1] == trigger_kwargs()
+
+
+def trigger_kwargs() -> dict[str, Any]:
+    return {
+        "bucket": "b",
+        "prefix": "p",
+        "min_images": 1,
+        "aws_conn_id": None,
+        "poke_interval": 60.0,
+    }

@@ -22,6 +22,8 @@ class FieldsTrigger(BaseTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         cls = type(self)
+        if "__dataclass_fields__" not in cls.__dict__:  # its own fields would be left out
+            raise TypeError(f"{cls.__qualname__} must be decorated with @dataclass")
         return f"{cls.__module__}.{cls.__qualname__}", {
             field.name: getattr(self, field.name) for field in fields(self)
         }
