@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from annotation_support import REPO
 from repo_copy import make_repo_copy
@@ -91,6 +92,51 @@ class Stack:
 
     def s3(self) -> Any:
         return s3_client(self.state["s3"], "flywheel", "flywheel-local")
+
+    def approval_request(self, dag_id: str, user: str, *, timeout: float) -> dict[str, Any]:
+        """The first approval request ``user`` may answer, once the scheduler has seen its task
+        park.
+
+        An answer given before the scheduler processed the parking process's exit re-queues the
+        task, the late exit then reads as "killed externally", and the retry asks again (an
+        Airflow 3.3 race). Under a busy CI that takes longer than any fixed wait, so the stack
+        reads the scheduler's own log line for it instead.
+        """
+        detail: dict[str, Any] = self.api().wait_for_approval(dag_id, user, timeout=timeout)
+        ti = detail["task_instance"]
+        wait_for(
+            lambda: self.scheduler_saw_parked(ti), 300, "the scheduler saw the approval task park"
+        )
+        return detail
+
+    def scheduler_saw_parked(self, ti: dict[str, Any]) -> bool:
+        log = self.home / "stack" / "airflow-scheduler.log"
+        task = f"task_id={ti['task_id']}, run_id={ti['dag_run_id']}, "
+        try_number = f"try_number={ti['try_number']},"
+        return any(
+            "TaskInstance Finished:" in line
+            and task in line
+            and "state=awaiting_input," in line
+            and try_number in line
+            for line in log.read_text(errors="replace").splitlines()
+        )
+
+    def wait_for_run(self, dag_id: str, run_id: str, *, timeout: float) -> str:
+        """The run's final state; on a timeout, an error that shows each task's state and try."""
+        api = self.api()
+
+        def finished() -> str | None:
+            state = str(api.dag_run(dag_id, run_id, "admin")["state"])
+            return state if state in ("success", "failed") else None
+
+        try:
+            return str(wait_for(finished, timeout, f"{dag_id} run {run_id} finished"))
+        except TimeoutError as exc:
+            found = api.call(
+                "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances", "admin"
+            )
+            tasks = {t["task_id"]: (t["state"], t["try_number"]) for t in found["task_instances"]}
+            raise TimeoutError(f"{exc}; tasks (state, try): {tasks}") from None
 
 
 def dag_parsed(api: Any, dag_id: str) -> bool:

@@ -92,7 +92,7 @@ def test_a_person_trains_approves_and_the_service_follows(stack: Stack, browser:
     conf = api.dag_run("training", run_id, "admin")["conf"]
     assert conf["epochs"] == 4 and conf["force_register"] is True, conf
 
-    detail = api.wait_for_approval("training", "approver", timeout=900)
+    detail = stack.approval_request("training", "approver", timeout=900)
     assert detail["task_instance"]["dag_run_id"] == run_id, "only the run that was asked for"
     found = re.search(r"digits v(\d+) ", detail["subject"])
     assert found, detail["subject"]
@@ -113,11 +113,7 @@ def test_a_person_trains_approves_and_the_service_follows(stack: Stack, browser:
     page.get_by_role("button", name="Approve").click()
     page.get_by_text("Response received").wait_for()
 
-    def finished() -> str | None:
-        state = str(api.dag_run("training", run_id, "admin")["state"])
-        return state if state in ("success", "failed") else None
-
-    assert wait_for(finished, 600, "the training run finished") == "success"
+    assert stack.wait_for_run("training", run_id, timeout=600) == "success"
 
     # MLflow's UI shows champion on the new version.
     mlflow = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()

@@ -40,7 +40,7 @@ def test_the_approver_answers_the_approval_and_the_non_approver_is_refused(
         {"logical_date": None, "conf": {"epochs": 4, "force_register": True}},
     )
     # The first run to reach the gate (this one, or a nightly slot the scheduler started).
-    detail = api.wait_for_approval("training", "approver", timeout=900)
+    detail = stack.approval_request("training", "approver", timeout=900)
     run_id = detail["task_instance"]["dag_run_id"]
     assert [u["id"] for u in detail["assigned_users"]] == ["approver"]
 
@@ -49,11 +49,7 @@ def test_the_approver_answers_the_approval_and_the_non_approver_is_refused(
     assert refused.value.status == 403
     api.answer(detail, "approver", "Approve")
 
-    def finished() -> str | None:
-        state = str(api.dag_run("training", run_id, "admin")["state"])
-        return state if state in ("success", "failed") else None
-
-    assert wait_for(finished, 600, "the training run finished") == "success"
+    assert stack.wait_for_run("training", run_id, timeout=600) == "success"
     states = api.task_states("training", run_id, "admin")
     assert states["deploy"] == "success", states
 
