@@ -12,7 +12,8 @@ virtualenv) and an embedded MLflow registry with a tiny ``champion`` serve the r
 - ``S3 ceiling``: the most images/s the S3 endpoint allows, whatever the rest costs: the
   requests/s it sustains for the loop's kind of call (small PUT, COPY, GET; 10 threads, as
   the steps use) divided by the S3 requests the warm run made per image (counted). On moto,
-  an in-memory Python server, this bounds the loop well below what MinIO would.
+  an in-memory Python server, this bounds the loop well below what MinIO would. Both rates
+  are also printed as a share of it, measured in the same run.
 
 Baseline, measured in the same run: creating the same kind of task the naive way, one API
 call per task plus one per prediction (what a first script usually does), on 100 images.
@@ -258,6 +259,7 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
     baseline = naive_count / naive_seconds
     steps_rate, warm_rate = count / steps_seconds, count / warm_seconds
     per_image = sum(REQUESTS.values()) / count
+    ceiling = s3_rate / per_image
     name = "annotation intake"
     return [
         row(
@@ -279,10 +281,15 @@ def run(count: int = 1000, naive_count: int = 100) -> list[Row]:
         row(
             name,
             f"S3 ceiling: {s3_rate:.0f} req/s / {per_image:.2f} S3 requests per image",
-            s3_rate / per_image,
+            ceiling,
             None,
             f">= {TARGET:.0f} images/s",
-            s3_rate / per_image >= TARGET,
+            ceiling >= TARGET,
+        ),
+        # Below the target, the ceiling is the figure to hold the loop to: the share of it used.
+        *(
+            row(name, f"images/s ({kind}) vs the S3 ceiling", rate, ceiling, "(reference)", None)
+            for kind, rate in (("step commands", steps_rate), ("warm process", warm_rate))
         ),
     ]
 
