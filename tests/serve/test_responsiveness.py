@@ -21,6 +21,7 @@ from tests.serve.conftest import Server
 from tests.serve.support import V1
 
 pytestmark = pytest.mark.slow
+PROBES = 20  # health probes taken while the large requests run
 
 
 def _blank_png(side: int) -> str:
@@ -39,31 +40,35 @@ def test_health_answers_within_100_ms_while_large_requests_decode(server: Server
     # 16 images of 1000 x 1000 (16 million pixels, within the budget): tens of ms each to decode.
     body = {"instances": [{"b64": _blank_png(1000)}] * 16}
     statuses: list[int] = []
+    stop = threading.Event()
 
     def client() -> None:
-        for _ in range(3):
+        # Until the probes are taken: the load lasts as long as the probing, however fast the
+        # machine decodes.
+        while not stop.is_set():
             statuses.append(server.post(V1, body)[0])
 
     clients = [threading.Thread(target=client) for _ in range(4)]
     for thread in clients:
         thread.start()
-    time.sleep(0.3)  # the requests are read and decoding
     latencies: list[float] = []
-    while any(thread.is_alive() for thread in clients):
-        for path in ("/v2/health/ready", "/v2/health/live"):
-            latencies.append(_health_ms(server, path))
-        time.sleep(0.02)
-    for thread in clients:
-        thread.join()
-    assert statuses == [200] * 12
-    assert latencies, "the large requests ended before health was probed"
+    try:
+        time.sleep(0.3)  # the requests are read and decoding
+        while len(latencies) < PROBES:
+            for path in ("/v2/health/ready", "/v2/health/live"):
+                latencies.append(_health_ms(server, path))
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+    assert len(statuses) >= len(clients) and set(statuses) == {200}, statuses
     ordered = sorted(latencies)
     p95 = ordered[int(0.95 * (len(ordered) - 1))]
     assert p95 <= 100, (
         f"health p95 {p95:.0f} ms (median {statistics.median(ordered):.0f} ms, "
         f"max {ordered[-1]:.0f} ms) over {len(ordered)} probes"
     )
-    assert len(latencies) >= 10, "too few probes while the large requests ran to judge"
 
 
 def test_request_over_the_pixel_budget_is_refused_before_decoding(server: Server) -> None:
