@@ -99,8 +99,8 @@ class Stack:
 
         An answer given before the scheduler processed the parking process's exit re-queues the
         task, the late exit then reads as "killed externally", and the retry asks again (an
-        Airflow 3.3 race). Under a busy CI that takes longer than any fixed wait, so the stack
-        reads the scheduler's own log line for it instead.
+        Airflow 3.3 race). On a busy CI that took longer than the 5 s ``wait_for_approval``
+        waits, so the stack tests read the scheduler's own log line for it instead.
         """
         detail: dict[str, Any] = self.api().wait_for_approval(dag_id, user, timeout=timeout)
         ti = detail["task_instance"]
